@@ -1,0 +1,7 @@
+"""Built-in watermarking methods: a map of names to lazy ``"module:Class"`` targets (one file per method)."""
+
+BUILTIN: dict[str, str] = {
+    "dwtdct": "wmbench.methods.classic:DwtDct",
+    "dwtdctsvd": "wmbench.methods.classic:DwtDctSvd",
+    "rivagan": "wmbench.methods.rivagan:RivaGan",
+}

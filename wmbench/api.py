@@ -1,0 +1,159 @@
+"""The contracts of wmbench, and nothing else: Method, Attack and image-metric registration.
+
+Conventions every plugin follows (the runner relies on them):
+  * images are float tensors in [0, 1], shape ``b 3 h w``, on the method's device;
+  * messages are {0, 1} float tensors, shape ``b k``;
+  * ``extract`` returns logits ``b k``; a bit reads as 1 when its logit is > 0;
+  * watermarked images are quantised to 8 bits by the runner before any attack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+
+class WmbenchError(Exception):
+    """An error a user can act on: the message says which file/key/name is wrong and what to do."""
+
+
+def quantize_8bit(x: Tensor) -> Tensor:
+    """Round to the 8-bit grid, as saving a PNG would.  # b 3 h w -> b 3 h w"""
+    return torch.round(x.clamp(0, 1) * 255.0) / 255.0
+
+
+def params_fingerprint(name: str, params: dict[str, Any], extra: str = "") -> str:
+    """Stable short hash of a plugin's name + params (+ e.g. a checkpoint hash), for cache keys."""
+    blob = json.dumps({"name": name, "params": params, "extra": extra}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class Method(ABC):
+    """A watermarking method: embeds a k-bit message into images and extracts logits back.
+
+    Subclasses take their suite ``params:`` as keyword arguments of ``__init__``.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    #: white-box attacks may backpropagate through ``extract`` (else they must use BPDA or a surrogate)
+    differentiable_extract: ClassVar[bool] = False
+    nbits: int = 32
+
+    def __init__(self, **params: Any) -> None:
+        if params:
+            raise WmbenchError(f"method {self.name!r} takes no params, got {sorted(params)}")
+        self.params: dict[str, Any] = {}
+        self.device = torch.device("cpu")
+
+    def setup(self, device: torch.device) -> None:
+        """Load weights once and move them to ``device``."""
+        self.device = device
+
+    @abstractmethod
+    def embed(self, x: Tensor, msg: Tensor) -> Tensor:
+        """Watermark images.  x: b 3 h w in [0,1]; msg: b k in {0,1} -> b 3 h w in [0,1]"""
+
+    @abstractmethod
+    def extract(self, y: Tensor) -> Tensor:
+        """Decode logits.  y: b 3 h w in [0,1] -> b k logits (bit = logit > 0)"""
+
+    def fingerprint(self) -> str:
+        """Identifies the exact embedding function (name, params, weights) for the watermark cache."""
+        return params_fingerprint(self.name, getattr(self, "params", {}), self.weights_hash())
+
+    def weights_hash(self) -> str:
+        """Hash of the loaded weights; empty for methods without weights."""
+        return ""
+
+
+class TrainableMethod(Method):
+    """A method whose networks ``wmbench train`` can fit."""
+
+    @abstractmethod
+    def train_step(self, batch: Tensor, noise: Callable[[Tensor, Tensor], Tensor]) -> dict[str, float]:
+        """One optimisation step on a batch (b 3 h w); ``noise(wm, cover)`` applies a training distortion."""
+
+
+class Attack(ABC):
+    """A transformation of watermarked images, parametrised by a scalar ``strength`` in a canonical unit.
+
+    ``strength_range`` maps a relative strength r in [0, 1] (WAVES-style; 0 = weakest, 1 = strongest) linearly
+    onto the canonical unit: ``lo + r * (hi - lo)``.  ``differentiable`` is a claim the contract tests verify.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    unit: ClassVar[str] = "none"
+    differentiable: ClassVar[bool] = False
+    needs_method: ClassVar[bool] = False
+    needs_cover: ClassVar[bool] = False
+    integer_strength: ClassVar[bool] = False
+    default_strengths: ClassVar[tuple[float, ...]] = ()
+    strength_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
+    family: ClassVar[str] = "distortion"
+
+    def __init__(self, **params: Any) -> None:
+        if params:
+            raise WmbenchError(f"attack {self.name!r} takes no params, got {sorted(params)}")
+        self.params: dict[str, Any] = {}
+
+    @abstractmethod
+    def apply(
+        self,
+        x: Tensor,
+        strength: float,
+        *,
+        gen: torch.Generator,
+        method: Method | None = None,
+        cover: Tensor | None = None,
+    ) -> Tensor:
+        """Attack a batch.  x: b 3 h w in [0,1] -> b 3 h w in [0,1] (same shape)."""
+
+    def forward_st(
+        self, x: Tensor, strength: float, *, gen: torch.Generator, cover: Tensor | None = None
+    ) -> Tensor:
+        """Training form: the attack itself when differentiable, else straight-through (identity gradient)."""
+        if self.differentiable:
+            return self.apply(x, strength, gen=gen, cover=cover)
+        with torch.no_grad():
+            y = self.apply(x.detach(), strength, gen=gen, cover=cover)
+        return x + (y - x).detach()
+
+    @classmethod
+    def from_relative(cls, r: float) -> float:
+        """Map a relative strength in [0,1] onto the canonical unit."""
+        if not 0.0 <= r <= 1.0:
+            raise WmbenchError(f"attack {cls.name!r}: relative strength {r} is outside [0, 1]")
+        lo, hi = cls.strength_range
+        v = lo + r * (hi - lo)
+        return float(round(v)) if cls.integer_strength else float(v)
+
+    def label(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class ImageMetric:
+    """A per-sample full-reference image metric ``fn(ref, test) -> b``, both ``b 3 h w`` in [0,1]."""
+
+    name: str
+    fn: Callable[[Tensor, Tensor], Tensor]
+    higher_is_better: bool
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class BitMetric:
+    """A per-sample metric of decoded logits against the embedded message (computed for every row)."""
+
+    name: str
+    higher_is_better: bool
+    description: str = ""
