@@ -24,6 +24,11 @@ class WmbenchError(Exception):
     """An error a user can act on: the message says which file/key/name is wrong and what to do."""
 
 
+class SkipCell(WmbenchError):
+    """Raised by an attack or method that cannot run here (e.g. weights missing offline): the runner records the
+    message in the manifest, skips the cells, and goes on."""
+
+
 def quantize_8bit(x: Tensor) -> Tensor:
     """Round to the 8-bit grid, as saving a PNG would.  # b 3 h w -> b 3 h w"""
     return torch.round(x.clamp(0, 1) * 255.0) / 255.0

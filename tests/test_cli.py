@@ -1,0 +1,62 @@
+"""The CLI through typer's test runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from wmbench.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def test_help_lists_commands():
+    r = runner.invoke(app, ["--help"])
+    assert r.exit_code == 0
+    for cmd in ("run", "validate", "list", "report", "score"):
+        assert cmd in r.output
+
+
+@pytest.mark.parametrize("kind", ["methods", "attacks", "metrics"])
+def test_list(kind):
+    r = runner.invoke(app, ["list", kind])
+    assert r.exit_code == 0, r.output
+    expect = {"methods": ["dwtdct", "rivagan"], "attacks": ["jpeg", "jpeg quality", "gaussian_blur"],
+              "metrics": ["lpips", "bit_acc"]}[kind]
+    for word in expect:
+        assert word in r.output
+
+
+def test_validate_and_dry_run_print_cells():
+    r = runner.invoke(app, ["validate", str(REPO / "suites" / "smoke.yaml")])
+    assert r.exit_code == 0, r.output
+    assert "identity" in r.output and "jpeg" in r.output and "cells" in r.output
+    r = runner.invoke(app, ["run", str(REPO / "suites" / "smoke.yaml"), "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert "embeddings" in r.output
+
+
+def test_validate_bad_suite_exits_2(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: x\nmethods: [{name: dwtdct}]\nattacks: [{name: jepg}]\n")
+    r = runner.invoke(app, ["validate", str(p)])
+    assert r.exit_code == 2
+    assert "jpeg" in r.output
+
+
+def test_score_two_files(tmp_path):
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-3, 4, a.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(a).save(tmp_path / "a.png")
+    Image.fromarray(b).save(tmp_path / "b.png")
+    r = runner.invoke(app, ["score", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--metrics", "psnr,ssim"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert 35 < res["psnr"] < 50 and 0.5 < res["ssim"] <= 1.0

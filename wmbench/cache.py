@@ -1,0 +1,62 @@
+"""The watermark cache under ``$WMBENCH_HOME`` (default: the user cache dir), never under the CWD.
+
+Watermarked images are stored as lossless 8-bit PNG keyed by the method's fingerprint (name + params + weights)
+and a hash of the cover's pixels and the message, so re-runs and other suites reuse them exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from wmbench.store import atomic_write_bytes
+
+
+def home() -> Path:
+    env = os.environ.get("WMBENCH_HOME")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("wmbench"))
+
+
+def wm_key(cover: torch.Tensor, msg: torch.Tensor) -> str:
+    """cover: 3 h w uint8; msg: k {0,1} -> hex key."""
+    h = hashlib.sha256(cover.contiguous().numpy().tobytes())
+    h.update(bytes(str(tuple(cover.shape)), "ascii"))
+    h.update("".join(str(int(b)) for b in msg.tolist()).encode())
+    return h.hexdigest()[:32]
+
+
+class WatermarkCache:
+    """PNG files + a JSON sidecar with the embed time of each image."""
+
+    def __init__(self, fingerprint: str, root: Path | None = None) -> None:
+        self.dir = (root or home() / "cache" / "wm") / fingerprint
+
+    def get(self, key: str) -> tuple[torch.Tensor, float] | None:
+        png, meta = self.dir / f"{key}.png", self.dir / f"{key}.json"
+        if not (png.is_file() and meta.is_file()):
+            return None
+        try:
+            with Image.open(png) as im:
+                arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+            t = float(json.loads(meta.read_text())["t_embed"])
+        except (OSError, ValueError, KeyError):
+            return None  # a damaged entry is recomputed
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1), t
+
+    def put(self, key: str, img: torch.Tensor, t_embed: float) -> None:
+        """img: 3 h w uint8."""
+        buf = io.BytesIO()
+        Image.fromarray(img.permute(1, 2, 0).contiguous().numpy()).save(buf, format="PNG", compress_level=1)
+        atomic_write_bytes(self.dir / f"{key}.png", buf.getvalue())
+        atomic_write_bytes(self.dir / f"{key}.json", json.dumps({"t_embed": t_embed}).encode())

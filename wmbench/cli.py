@@ -1,0 +1,250 @@
+"""The ``wmbench`` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from wmbench.api import WmbenchError
+
+app = typer.Typer(
+    help="wmbench: benchmark robust image watermarks — which watermark survives which attack, at what quality cost.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(e: Exception, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {e}", highlight=False)
+    return typer.Exit(code)
+
+
+class Kind(str, Enum):
+    methods = "methods"
+    attacks = "attacks"
+    metrics = "metrics"
+
+
+@app.command("list")
+def list_cmd(kind: Annotated[Kind, typer.Argument(help="what to list")]) -> None:
+    """List registered methods, attacks (with unit and default strengths) or metrics."""
+    from wmbench.registry import attacks, methods
+
+    try:
+        if kind is Kind.methods:
+            t = Table("method", "bits", "white-box", "description")
+            reg = methods()
+            for name in reg.names():
+                cls = reg.get(name)
+                t.add_row(name, str(getattr(cls, "nbits", "?")), "yes" if cls.differentiable_extract else "no",
+                          cls.description)
+        elif kind is Kind.attacks:
+            t = Table("attack", "family", "unit", "default strengths", "range (rel 0→1)", "differentiable",
+                      "description")
+            reg = attacks()
+            for name in reg.names():
+                cls = reg.get(name)
+                lo, hi = cls.strength_range
+                t.add_row(name, cls.family, cls.unit, ", ".join(f"{s:g}" for s in cls.default_strengths),
+                          f"{lo:g} → {hi:g}", "yes" if cls.differentiable else "straight-through", cls.description)
+        else:
+            from wmbench import metrics as M
+
+            t = Table("metric", "kind", "better", "description")
+            for name, m in M.IMAGE_METRICS.items():
+                t.add_row(name, "image", "higher" if m.higher_is_better else "lower", m.description)
+            for name, m in M.BIT_METRICS.items():
+                t.add_row(name, "bits", "higher" if m.higher_is_better else "lower", m.description)
+    except WmbenchError as e:
+        raise _fail(e) from None
+    out.print(t)
+
+
+def _load(suite_path: Path, limit: int | None = None):
+    from wmbench.suite import load_suite
+
+    suite = load_suite(suite_path)
+    if limit is not None:
+        suite.images.count = limit
+    return suite
+
+
+def _print_plan(suite, console: Console) -> None:
+    from wmbench.suite import expand
+
+    plan = expand(suite)
+    n = suite.images.count or 0
+    t = Table("attack", "family", "unit", "strengths", "differentiable", title=f"suite {suite.name!r}: attacks")
+    for a in plan.attacks:
+        t.add_row(a.label, a.attack.family, a.attack.unit, ", ".join(f"{s:g}" for s in a.strengths),
+                  "yes" if a.attack.differentiable else "no")
+    console.print(t)
+    m = Table("method", "registry name", "params", title="methods")
+    for mp in plan.methods:
+        m.add_row(mp.label, mp.name, json.dumps(mp.params) if mp.params else "")
+    console.print(m)
+    cells = plan.n_cells_per_method * len(plan.methods)
+    size = suite.images.size
+    console.print(
+        f"images: {suite.images.source} ×{n if n else 'all'} at {size}² (split {suite.images.split}) · "
+        f"metrics: {', '.join(suite.metrics)} · seed {suite.seed} · target FPR {suite.target_fpr:g}\n"
+        f"work: {len(plan.methods)} methods × {plan.n_cells_per_method} attack cells = {cells} cells "
+        f"(+{len(plan.methods)} clean-cover cells); {n * len(plan.methods)} embeddings, "
+        f"{n * cells} attacked images, {n * (cells + len(plan.methods))} extractions, "
+        f"{n * (cells + len(plan.methods))} result rows"
+    )
+
+
+@app.command()
+def validate(suite: Annotated[Path, typer.Argument(help="suite YAML file")]) -> None:
+    """Check a suite (keys, names, params, strengths) and print its expanded cells."""
+    try:
+        s = _load(suite)
+        _print_plan(s, out)
+    except WmbenchError as e:
+        raise _fail(e) from None
+    out.print("[green]ok")
+
+
+@app.command()
+def run(
+    suite: Annotated[Path, typer.Argument(help="suite YAML file")],
+    out_dir: Annotated[Path | None, typer.Option("--out", help="run folder (default results/<suite name>)")] = None,
+    fresh: Annotated[bool, typer.Option(help="discard earlier results in the run folder")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the expanded cells and exit")] = False,
+    device: Annotated[str | None, typer.Option(help="auto (cuda > mps > cpu), cpu, cuda, cuda:1 …")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="override the suite's batch size")] = None,
+    limit: Annotated[int | None, typer.Option(help="use only the first N images (quick profile)")] = None,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Run a suite: embed, attack, extract, score; resumable (rerun continues where it stopped)."""
+    from wmbench.report import quality_table, robustness_table, write_report
+    from wmbench.runner import RunOptions, Runner
+
+    try:
+        s = _load(suite, limit)
+        if dry_run:
+            _print_plan(s, out)
+            return
+        runner = Runner(s, RunOptions(out=out_dir, fresh=fresh, device=device, batch_size=batch_size,
+                                      progress=progress), console=err)
+        res = runner.run()
+    except WmbenchError as e:
+        raise _fail(e) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    report = write_report(res.out)
+    df = res.rows
+    fpr = s.target_fpr
+    q = quality_table(df)
+    t = Table(*q.columns[:8], title="quality (watermarked vs cover)")
+    for _, r in q.iterrows():
+        t.add_row(*[str(r[c]) for c in q.columns[:8]])
+    out.print(t)
+    rb = robustness_table(df, fpr)
+    agg = rb.groupby("method", sort=False)["bit_acc"].apply(lambda v: f"{v.astype(float).mean():.3f}")
+    out.print("mean bit accuracy over all attack cells: " + ", ".join(f"{m} {v}" for m, v in agg.items()))
+    tm = res.manifest
+    out.print(f"{tm['n_rows']} rows · wall {tm['wall_s']} s · device {tm['device']} · run folder [bold]{res.out}[/]"
+              f" · report {report}")
+    if res.errors:
+        err.print(f"[red]{len(res.errors)} error(s) recorded in {res.out / 'manifest.json'}")
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(run: Annotated[list[Path], typer.Argument(help="run folder(s)")]) -> None:
+    """Write report.md into a run folder and print it."""
+    from wmbench.report import write_report
+
+    try:
+        for r in run:
+            p = write_report(r)
+            out.print(p.read_text(), markup=False, highlight=False)
+            err.print(f"written {p}")
+    except WmbenchError as e:
+        raise _fail(e) from None
+
+
+@app.command()
+def score(
+    ref: Annotated[Path, typer.Argument(help="reference image file or folder")],
+    test: Annotated[Path, typer.Argument(help="test image file or folder (paired by file name)")],
+    metrics: Annotated[str | None, typer.Option(help="comma-separated subset, e.g. psnr,lpips")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "cpu",
+) -> None:
+    """Print PSNR / SSIM / MS-SSIM / LPIPS of TEST against REF as JSON."""
+    from wmbench.runner import resolve_device
+    from wmbench.score import score_paths
+
+    try:
+        names = [m.strip() for m in metrics.split(",")] if metrics else None
+        res = score_paths(ref, test, names, device=str(resolve_device(device)))
+    except WmbenchError as e:
+        raise _fail(e) from None
+    sys.stdout.write(json.dumps(res, indent=2, default=float) + "\n")
+
+
+@app.command()
+def summarize(
+    run: Annotated[Path, typer.Argument(help="run folder")],
+    out_file: Annotated[Path, typer.Argument(help="summary JSON to write (e.g. results/baselines/ci.json)")],
+) -> None:
+    """Write a run's per-cell means as a small JSON (a baseline for `wmbench compare`)."""
+    from wmbench.compare import write_summary
+
+    try:
+        p = write_summary(run, out_file)
+    except WmbenchError as e:
+        raise _fail(e) from None
+    out.print(f"written {p}")
+
+
+@app.command()
+def compare(
+    baseline: Annotated[Path, typer.Argument(help="baseline run folder or summary .json")],
+    new: Annotated[Path, typer.Argument(help="new run folder or summary .json")],
+    tol_acc: Annotated[float, typer.Option(help="allowed drop of bit accuracy / TPR")] = 0.02,
+    tol_psnr: Annotated[float, typer.Option(help="allowed drop of watermark PSNR (dB)")] = 0.3,
+    show_all: Annotated[bool, typer.Option("--all", help="print every cell, not only changed ones")] = False,
+) -> None:
+    """Compare two runs per method × attack × strength; exit 1 on a regression beyond tolerance or missing cells."""
+    from wmbench.compare import compare as do_compare
+    from wmbench.compare import load_summary
+
+    try:
+        res = do_compare(load_summary(baseline), load_summary(new), tol_acc, tol_psnr)
+    except WmbenchError as e:
+        raise _fail(e) from None
+    t = Table("method", "attack", "strength", "bit_acc base→new", "Δ", "TPR base→new", "Δ", "PSNR base→new",
+              "Δ", "status", title=f"compare (tol acc {tol_acc:g}, psnr {tol_psnr:g} dB)")
+    for _, r in res.table.iterrows():
+        if not show_all and r["status"] == "ok":
+            continue
+        style = {"REGRESSION": "red", "improved": "green"}.get(r["status"], "")
+        t.add_row(r["method"], r["attack"], f"{r['strength']:g}", f"{r['bit_acc_base']:.3f}→{r['bit_acc_new']:.3f}",
+                  f"{r['d_bit_acc']:+.3f}", f"{r['tpr_base']:.3f}→{r['tpr_new']:.3f}", f"{r['d_tpr']:+.3f}",
+                  f"{r['psnr_base']:.2f}→{r['psnr_new']:.2f}", f"{r['d_psnr']:+.2f}", r["status"], style=style)
+    out.print(t)
+    for m in res.missing:
+        out.print(f"[red]missing in new run: {m[0]} × {m[1]} {m[2]:g}")
+    for m in res.added:
+        out.print(f"[yellow]new cell (not in baseline): {m[0]} × {m[1]} {m[2]:g}")
+    n_reg = int((res.table["status"] == "REGRESSION").sum())
+    out.print(f"{len(res.table)} cells compared: {n_reg} regressions, {len(res.missing)} missing, "
+              f"{len(res.added)} added")
+    raise typer.Exit(1 if res.regressed else 0)
+
+
+if __name__ == "__main__":
+    app()
