@@ -25,10 +25,13 @@ def test_help_lists_commands():
 
 @pytest.mark.parametrize("kind", ["methods", "attacks", "metrics"])
 def test_list(kind):
-    r = runner.invoke(app, ["list", kind])
+    r = runner.invoke(app, ["list", kind], env={"COLUMNS": "250"})
     assert r.exit_code == 0, r.output
-    expect = {"methods": ["dwtdct", "rivagan"], "attacks": ["jpeg", "jpeg quality", "gaussian_blur"],
-              "metrics": ["lpips", "bit_acc"]}[kind]
+    expect = {
+        "methods": ["dwtdct", "rivagan"],
+        "attacks": ["jpeg", "jpeg quality", "gaussian_blur"],
+        "metrics": ["lpips", "bit_acc"],
+    }[kind]
     for word in expect:
         assert word in r.output
 
@@ -56,7 +59,9 @@ def test_score_two_files(tmp_path):
     b = np.clip(a.astype(int) + rng.integers(-3, 4, a.shape), 0, 255).astype(np.uint8)
     Image.fromarray(a).save(tmp_path / "a.png")
     Image.fromarray(b).save(tmp_path / "b.png")
-    r = runner.invoke(app, ["score", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--metrics", "psnr,ssim"])
+    r = runner.invoke(
+        app, ["score", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--metrics", "psnr,ssim"]
+    )
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
     assert 35 < res["psnr"] < 50 and 0.5 < res["ssim"] <= 1.0

@@ -138,7 +138,7 @@ class Attack(ABC):
         if not 0.0 <= r <= 1.0:
             raise WmbenchError(f"attack {cls.name!r}: relative strength {r} is outside [0, 1]")
         lo, hi = cls.strength_range
-        v = lo + r * (hi - lo)
+        v = (1.0 - r) * lo + r * hi  # exact at both ends
         return float(round(v)) if cls.integer_strength else float(v)
 
     def label(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -29,7 +29,7 @@ def _fail(e: Exception, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     methods = "methods"
     attacks = "attacks"
     metrics = "metrics"
@@ -46,17 +46,35 @@ def list_cmd(kind: Annotated[Kind, typer.Argument(help="what to list")]) -> None
             reg = methods()
             for name in reg.names():
                 cls = reg.get(name)
-                t.add_row(name, str(getattr(cls, "nbits", "?")), "yes" if cls.differentiable_extract else "no",
-                          cls.description)
+                t.add_row(
+                    name,
+                    str(getattr(cls, "nbits", "?")),
+                    "yes" if cls.differentiable_extract else "no",
+                    cls.description,
+                )
         elif kind is Kind.attacks:
-            t = Table("attack", "family", "unit", "default strengths", "range (rel 0→1)", "differentiable",
-                      "description")
+            t = Table(
+                "attack",
+                "family",
+                "unit",
+                "default strengths",
+                "range (rel 0→1)",
+                "differentiable",
+                "description",
+            )
             reg = attacks()
             for name in reg.names():
                 cls = reg.get(name)
                 lo, hi = cls.strength_range
-                t.add_row(name, cls.family, cls.unit, ", ".join(f"{s:g}" for s in cls.default_strengths),
-                          f"{lo:g} → {hi:g}", "yes" if cls.differentiable else "straight-through", cls.description)
+                t.add_row(
+                    name,
+                    cls.family,
+                    cls.unit,
+                    ", ".join(f"{s:g}" for s in cls.default_strengths),
+                    f"{lo:g} → {hi:g}",
+                    "yes" if cls.differentiable else "straight-through",
+                    cls.description,
+                )
         else:
             from wmbench import metrics as M
 
@@ -84,10 +102,17 @@ def _print_plan(suite, console: Console) -> None:
 
     plan = expand(suite)
     n = suite.images.count or 0
-    t = Table("attack", "family", "unit", "strengths", "differentiable", title=f"suite {suite.name!r}: attacks")
+    t = Table(
+        "attack", "family", "unit", "strengths", "differentiable", title=f"suite {suite.name!r}: attacks"
+    )
     for a in plan.attacks:
-        t.add_row(a.label, a.attack.family, a.attack.unit, ", ".join(f"{s:g}" for s in a.strengths),
-                  "yes" if a.attack.differentiable else "no")
+        t.add_row(
+            a.label,
+            a.attack.family,
+            a.attack.unit,
+            ", ".join(f"{s:g}" for s in a.strengths),
+            "yes" if a.attack.differentiable else "no",
+        )
     console.print(t)
     m = Table("method", "registry name", "params", title="methods")
     for mp in plan.methods:
@@ -119,7 +144,9 @@ def validate(suite: Annotated[Path, typer.Argument(help="suite YAML file")]) -> 
 @app.command()
 def run(
     suite: Annotated[Path, typer.Argument(help="suite YAML file")],
-    out_dir: Annotated[Path | None, typer.Option("--out", help="run folder (default results/<suite name>)")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="run folder (default results/<suite name>)")
+    ] = None,
     fresh: Annotated[bool, typer.Option(help="discard earlier results in the run folder")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the expanded cells and exit")] = False,
     device: Annotated[str | None, typer.Option(help="auto (cuda > mps > cpu), cpu, cuda, cuda:1 …")] = None,
@@ -129,15 +156,18 @@ def run(
 ) -> None:
     """Run a suite: embed, attack, extract, score; resumable (rerun continues where it stopped)."""
     from wmbench.report import quality_table, robustness_table, write_report
-    from wmbench.runner import RunOptions, Runner
+    from wmbench.runner import Runner, RunOptions
 
     try:
         s = _load(suite, limit)
         if dry_run:
             _print_plan(s, out)
             return
-        runner = Runner(s, RunOptions(out=out_dir, fresh=fresh, device=device, batch_size=batch_size,
-                                      progress=progress), console=err)
+        runner = Runner(
+            s,
+            RunOptions(out=out_dir, fresh=fresh, device=device, batch_size=batch_size, progress=progress),
+            console=err,
+        )
         res = runner.run()
     except WmbenchError as e:
         raise _fail(e) from None
@@ -155,25 +185,39 @@ def run(
     agg = rb.groupby("method", sort=False)["bit_acc"].apply(lambda v: f"{v.astype(float).mean():.3f}")
     out.print("mean bit accuracy over all attack cells: " + ", ".join(f"{m} {v}" for m, v in agg.items()))
     tm = res.manifest
-    out.print(f"{tm['n_rows']} rows · wall {tm['wall_s']} s · device {tm['device']} · run folder [bold]{res.out}[/]"
-              f" · report {report}")
+    out.print(
+        f"{tm['n_rows']} rows · wall {tm['wall_s']} s · device {tm['device']} · run folder [bold]{res.out}[/]"
+        f" · report {report}"
+    )
     if res.errors:
         err.print(f"[red]{len(res.errors)} error(s) recorded in {res.out / 'manifest.json'}")
         raise typer.Exit(1)
 
 
 @app.command()
-def report(run: Annotated[list[Path], typer.Argument(help="run folder(s)")]) -> None:
-    """Write report.md into a run folder and print it."""
-    from wmbench.report import write_report
+def report(
+    run: Annotated[list[Path], typer.Argument(help="run folder(s); several are merged into one report")],
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="where to write (default: the run folder, or results/report-A+B for several runs)"
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="do not print the markdown")] = False,
+) -> None:
+    """Write report.md, a self-contained report.html and PNG plots; print the markdown."""
+    from wmbench.report import build_report
 
+    target = out_dir or (
+        run[0] if len(run) == 1 else Path("results") / ("report-" + "+".join(r.name for r in run))
+    )
     try:
-        for r in run:
-            p = write_report(r)
-            out.print(p.read_text(), markup=False, highlight=False)
-            err.print(f"written {p}")
+        files = build_report(run, target)
     except WmbenchError as e:
         raise _fail(e) from None
+    if not quiet:
+        out.print(files["md"].read_text(), markup=False, highlight=False)
+    err.print(f"written {files['md']} and {files['html']} (+{len(files) - 2} PNG)")
 
 
 @app.command()
@@ -226,23 +270,54 @@ def compare(
         res = do_compare(load_summary(baseline), load_summary(new), tol_acc, tol_psnr)
     except WmbenchError as e:
         raise _fail(e) from None
-    t = Table("method", "attack", "strength", "bit_acc base→new", "Δ", "TPR base→new", "Δ", "PSNR base→new",
-              "Δ", "status", title=f"compare (tol acc {tol_acc:g}, psnr {tol_psnr:g} dB)")
+    t = Table(
+        "method",
+        "attack",
+        "strength",
+        "bit_acc base→new",
+        "Δ",
+        "TPR base→new",
+        "Δ",
+        "PSNR base→new",
+        "Δ",
+        "status",
+        title=f"compare (tol acc {tol_acc:g}, psnr {tol_psnr:g} dB)",
+    )
     for _, r in res.table.iterrows():
         if not show_all and r["status"] == "ok":
             continue
         style = {"REGRESSION": "red", "improved": "green"}.get(r["status"], "")
-        t.add_row(r["method"], r["attack"], f"{r['strength']:g}", f"{r['bit_acc_base']:.3f}→{r['bit_acc_new']:.3f}",
-                  f"{r['d_bit_acc']:+.3f}", f"{r['tpr_base']:.3f}→{r['tpr_new']:.3f}", f"{r['d_tpr']:+.3f}",
-                  f"{r['psnr_base']:.2f}→{r['psnr_new']:.2f}", f"{r['d_psnr']:+.2f}", r["status"], style=style)
+        t.add_row(
+            r["method"],
+            r["attack"],
+            f"{r['strength']:g}",
+            f"{r['bit_acc_base']:.3f}→{r['bit_acc_new']:.3f}",
+            f"{r['d_bit_acc']:+.3f}",
+            f"{r['tpr_base']:.3f}→{r['tpr_new']:.3f}",
+            f"{r['d_tpr']:+.3f}",
+            f"{r['psnr_base']:.2f}→{r['psnr_new']:.2f}",
+            f"{r['d_psnr']:+.2f}",
+            r["status"],
+            style=style,
+        )
     out.print(t)
     for m in res.missing:
         out.print(f"[red]missing in new run: {m[0]} × {m[1]} {m[2]:g}")
     for m in res.added:
         out.print(f"[yellow]new cell (not in baseline): {m[0]} × {m[1]} {m[2]:g}")
+    for _, r in res.table[res.table["status"] == "REGRESSION"].iterrows():  # plain lines for logs
+        out.print(
+            f"REGRESSION {r['method']} × {r['attack']} {r['strength']:g}: bit_acc {r['bit_acc_base']:.3f}→"
+            f"{r['bit_acc_new']:.3f}, TPR {r['tpr_base']:.3f}→{r['tpr_new']:.3f}, "
+            f"PSNR {r['psnr_base']:.2f}→{r['psnr_new']:.2f}",
+            markup=False,
+            highlight=False,
+        )
     n_reg = int((res.table["status"] == "REGRESSION").sum())
-    out.print(f"{len(res.table)} cells compared: {n_reg} regressions, {len(res.missing)} missing, "
-              f"{len(res.added)} added")
+    out.print(
+        f"{len(res.table)} cells compared: {n_reg} regressions, {len(res.missing)} missing, "
+        f"{len(res.added)} added"
+    )
     raise typer.Exit(1 if res.regressed else 0)
 
 

@@ -54,7 +54,9 @@ def load_summary(path: str | Path) -> pd.DataFrame:
             data = json.loads(p.read_text())
             return pd.DataFrame(data["cells"])
         except (json.JSONDecodeError, KeyError) as e:
-            raise WmbenchError(f"{p}: not a wmbench summary ({e}); write one with `wmbench summarize RUN FILE`") from None
+            raise WmbenchError(
+                f"{p}: not a wmbench summary ({e}); write one with `wmbench summarize RUN FILE`"
+            ) from None
     raise WmbenchError(f"{p}: neither a run folder nor a summary .json file")
 
 
@@ -86,7 +88,9 @@ class Comparison:
         return bool((self.table["status"] == "REGRESSION").any()) or bool(self.missing)
 
 
-def compare(base: pd.DataFrame, new: pd.DataFrame, tol_acc: float = 0.02, tol_psnr: float = 0.3) -> Comparison:
+def compare(
+    base: pd.DataFrame, new: pd.DataFrame, tol_acc: float = 0.02, tol_psnr: float = 0.3
+) -> Comparison:
     """A regression: bit accuracy or TPR lower by more than ``tol_acc``, or watermark PSNR lower by more than
     ``tol_psnr`` dB; cells missing from the new run also fail the comparison."""
     b = base.assign(strength=base["strength"].astype(float))
@@ -108,6 +112,16 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, tol_acc: float = 0.02, tol_ps
         return "REGRESSION" if bad else ("improved" if better else "ok")
 
     both["status"] = both.apply(status, axis=1) if len(both) else []
-    cols = KEY + ["bit_acc_base", "bit_acc_new", "d_bit_acc", "tpr_base", "tpr_new", "d_tpr", "psnr_base",
-                  "psnr_new", "d_psnr", "status"]
+    cols = KEY + [
+        "bit_acc_base",
+        "bit_acc_new",
+        "d_bit_acc",
+        "tpr_base",
+        "tpr_new",
+        "d_tpr",
+        "psnr_base",
+        "psnr_new",
+        "d_psnr",
+        "status",
+    ]
     return Comparison(both[cols].reset_index(drop=True), missing, added)

@@ -20,12 +20,19 @@ import numpy as np
 import pandas as pd
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from wmbench import __version__
 from wmbench.api import Method, SkipCell, WmbenchError, quantize_8bit
 from wmbench.cache import WatermarkCache, wm_key
-from wmbench.store import CLEAN, RunStore, cell_key
+from wmbench.store import CLEAN, RunStore, cell_key, example_path
 from wmbench.suite import AttackPlan, MethodPlan, Plan, Suite, expand, suite_hash
 
 
@@ -42,7 +49,9 @@ def resolve_device(spec: str | None) -> torch.device:
     except RuntimeError as e:
         raise WmbenchError(f"--device {spec!r}: {e}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise WmbenchError(f"--device {spec!r}: CUDA is not available on this machine; use --device cpu or auto")
+        raise WmbenchError(
+            f"--device {spec!r}: CUDA is not available on this machine; use --device cpu or auto"
+        )
     return dev
 
 
@@ -63,6 +72,7 @@ class RunOptions:
     device: str | None = None
     batch_size: int | None = None
     progress: bool = True
+    n_examples: int = 2  # images per cell saved as PNG under examples/ for the report's image grids
 
 
 @dataclass
@@ -87,7 +97,16 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version(), "wmbench": __version__}
-    for pkg in ("torch", "kornia", "torchmetrics", "lpips", "invisible-watermark", "onnxruntime", "numpy", "pillow"):
+    for pkg in (
+        "torch",
+        "kornia",
+        "torchmetrics",
+        "lpips",
+        "invisible-watermark",
+        "onnxruntime",
+        "numpy",
+        "pillow",
+    ):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -241,6 +260,8 @@ class Runner:
             self._error(mp.label, "embed", None, None, e)
             prog.update(task, advance=len(todo) * n)
             return keys
+        self._save_examples(mp.label, "cover", images.images)
+        self._save_examples(mp.label, "wm", wm)
         t0 = time.perf_counter()
         quality = self._quality(images.images, wm)
         self._tick("metrics/quality", time.perf_counter() - t0)
@@ -289,13 +310,22 @@ class Runner:
             dt = time.perf_counter() - t0
             self._tick("embed", dt)
             if y.shape != x.shape:
-                raise WmbenchError(f"method {method.name!r}: embed returned shape {tuple(y.shape)} for {tuple(x.shape)}")
+                raise WmbenchError(
+                    f"method {method.name!r}: embed returned shape {tuple(y.shape)} for {tuple(x.shape)}"
+                )
             y8 = (quantize_8bit(y) * 255.0).round().to(torch.uint8).cpu()
             for r, i in enumerate(idx):
                 out[i], times[i] = y8[r], dt / len(idx)
                 cache.put(keys[i], y8[r], dt / len(idx))
             prog.update(task, advance=len(idx))
         return out, times
+
+    def _save_examples(self, method: str, what: str, imgs: torch.Tensor) -> None:
+        """imgs: n 3 s s uint8; the first few go to examples/<method>/<i>_<what>.png (for report grids)."""
+        from wmbench.imageio import save_png
+
+        for i in range(min(self.opts.n_examples, imgs.shape[0])):
+            save_png(imgs[i], example_path(self.out, method, i, what))
 
     def _quality(self, covers: torch.Tensor, wm: torch.Tensor) -> dict[str, np.ndarray]:
         """Image-quality metrics of the watermarked images against their covers, per image."""
@@ -309,7 +339,14 @@ class Runner:
         return {m: torch.cat(v).numpy() for m, v in out.items()}
 
     def _run_cell(
-        self, ctx: dict, ap: AttackPlan | None, strength: float, rel: float | None, key: str, prog: Progress, task: Any
+        self,
+        ctx: dict,
+        ap: AttackPlan | None,
+        strength: float,
+        rel: float | None,
+        key: str,
+        prog: Progress,
+        task: Any,
     ) -> None:
         """One cell: every image through one attack at one strength (``ap=None``: the clean covers)."""
         mp: MethodPlan = ctx["mp"]
@@ -347,8 +384,12 @@ class Runner:
                 self._tick(f"attack/{label}", t1 - t0)
                 self._tick("extract", t2 - t1)
                 if logits.shape != (nb, k):
-                    raise WmbenchError(f"method {mp.name!r}: extract returned {tuple(logits.shape)}, expected {(nb, k)}")
+                    raise WmbenchError(
+                        f"method {mp.name!r}: extract returned {tuple(logits.shape)}, expected {(nb, k)}"
+                    )
                 logits_all.append(logits.cpu())
+                if b == 0 and ap is not None:
+                    self._save_examples(mp.label, key, (y * 255).round().to(torch.uint8).cpu())
                 if ap is not None:
                     with torch.no_grad():
                         psnr_att.append(self.M.IMAGE_METRICS["psnr"].fn(x, y).double().cpu())
@@ -422,13 +463,23 @@ class Runner:
         df["message"] = ["".join(str(int(b)) for b in row) for row in msgs.tolist()]
         return df
 
-    def _error(self, method: str, stage: str, attack: str | None, strength: float | None, e: BaseException) -> None:
+    def _error(
+        self, method: str, stage: str, attack: str | None, strength: float | None, e: BaseException
+    ) -> None:
         msg = f"{type(e).__name__}: {e}"
         self.errors.append(
-            {"method": method, "stage": stage, "attack": attack, "strength": strength, "error": msg,
-             "traceback": traceback.format_exc(limit=6)}
+            {
+                "method": method,
+                "stage": stage,
+                "attack": attack,
+                "strength": strength,
+                "error": msg,
+                "traceback": traceback.format_exc(limit=6),
+            }
         )
-        where = f"{method}" + (f" × {attack} {strength:g}" if attack is not None and strength is not None else "")
+        where = f"{method}" + (
+            f" × {attack} {strength:g}" if attack is not None and strength is not None else ""
+        )
         self.console.print(f"[red]error in {stage} ({where}): {msg} — recorded in the manifest; continuing")
 
     def _skip(self, method: str, attack: str, strength: float | None, why: str) -> None:

@@ -49,11 +49,20 @@ def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
         raise
 
 
+def safe_name(s: str) -> str:
+    """A label as a file name (characters outside [A-Za-z0-9._-] become '_')."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)[:80]
+
+
 def cell_key(method: str, attack: str, strength: float) -> str:
     """File-safe id of a cell: readable prefix + hash of the exact labels and strength."""
     h = hashlib.sha256(json.dumps([method, attack, repr(float(strength))]).encode()).hexdigest()[:12]
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{method}--{attack}")[:80]
-    return f"{safe}--{h}"
+    return f"{safe_name(method + '--' + attack)}--{h}"
+
+
+def example_path(run: Path, method: str, i: int, what: str) -> Path:
+    """Where the runner keeps example image i of a method: ``what`` is 'cover', 'wm' or a cell key."""
+    return Path(run) / "examples" / safe_name(method) / f"{i}_{what}.png"
 
 
 class RunStore:

@@ -272,7 +272,9 @@ def expand(suite: Suite, where: str = "suite") -> Plan:
         if m not in known:
             close = difflib.get_close_matches(m, known, n=3)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise WmbenchError(f"{where}: metrics[{j}]: unknown metric {m!r}.{hint} Known: {', '.join(known)}.")
+            raise WmbenchError(
+                f"{where}: metrics[{j}]: unknown metric {m!r}.{hint} Known: {', '.join(known)}."
+            )
     mreg = method_registry()
     mplans: list[MethodPlan] = []
     for i, m in enumerate(suite.methods):
@@ -310,4 +312,6 @@ def expand(suite: Suite, where: str = "suite") -> Plan:
 def _no_dupes(labels: list[str], where: str, key: str, what: str) -> None:
     seen = {x for x in labels if labels.count(x) > 1}
     if seen:
-        raise WmbenchError(f"{where}: {key}: {what} {sorted(seen)} appears twice; give each entry a distinct 'label'")
+        raise WmbenchError(
+            f"{where}: {key}: {what} {sorted(seen)} appears twice; give each entry a distinct 'label'"
+        )

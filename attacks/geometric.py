@@ -1,0 +1,184 @@
+"""Geometric attacks in torch/kornia (differentiable): resize, random/centre crop, rotation, perspective.
+
+Every output is resized or warped back to the input's h w, so a decoder sees the size it expects.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from kornia.geometry.transform import get_perspective_transform, rotate, warp_perspective
+from torch import Tensor
+
+from wmbench.api import Attack, Method, WmbenchError
+
+
+def _crop_resize(x: Tensor, a: float, name: str, gen: torch.Generator | None) -> Tensor:
+    """Crop a window of area ratio ``a`` (same aspect as the image) and resize it back.  # b 3 h w -> b 3 h w
+
+    The window sits at a random integer position drawn from ``gen``, or in the centre when ``gen`` is None.
+    """
+    if not 0.0 < a <= 1.0:
+        raise WmbenchError(f"attack {name!r}: kept area ratio {a} is outside (0, 1]")
+    b, c, h, w = x.shape
+    ch, cw = max(1, round(h * math.sqrt(a))), max(1, round(w * math.sqrt(a)))
+    if (ch, cw) == (h, w):
+        return x
+    if gen is None:
+        y0 = torch.full((b,), (h - ch) // 2)
+        x0 = torch.full((b,), (w - cw) // 2)
+    else:
+        y0 = torch.randint(0, h - ch + 1, (b,), generator=gen)
+        x0 = torch.randint(0, w - cw + 1, (b,), generator=gen)
+    rows = (y0[:, None] + torch.arange(ch)).to(x.device)  # b ch
+    cols = (x0[:, None] + torch.arange(cw)).to(x.device)  # b cw
+    bi = torch.arange(b, device=x.device)[:, None, None, None]
+    ci = torch.arange(c, device=x.device)[None, :, None, None]
+    crop = x[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]  # b c ch cw
+    return F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+class Resize(Attack):
+    """Downscale by s (bilinear, antialiased) and upscale back to h w (bilinear)."""
+
+    name = "resize"
+    description = "downscale by a factor and back (bilinear, antialiased)"
+    unit = "scale factor"
+    differentiable = True
+    default_strengths = (0.75, 0.5, 0.3)
+    strength_range = (1.0, 0.25)
+
+    def apply(
+        self,
+        x: Tensor,
+        strength: float,
+        *,
+        gen: torch.Generator,
+        method: Method | None = None,
+        cover: Tensor | None = None,
+    ) -> Tensor:
+        if strength <= 0:
+            raise WmbenchError(f"attack 'resize': scale factor {strength} must be > 0")
+        h, w = x.shape[-2:]
+        size = (max(1, round(h * strength)), max(1, round(w * strength)))
+        if size == (h, w):
+            return x
+        small = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+class Crop(Attack):
+    """Random crop keeping an area ratio (image aspect kept, position from ``gen``), resized back to h w."""
+
+    name = "crop"
+    description = "random crop of a kept area ratio, resized back (WAVES resized-crop)"
+    unit = "kept area ratio"
+    differentiable = True
+    default_strengths = (0.9, 0.75, 0.5)
+    strength_range = (1.0, 0.5)  # WAVES: resized-crop scale 1 -> 0.5
+
+    def apply(
+        self,
+        x: Tensor,
+        strength: float,
+        *,
+        gen: torch.Generator,
+        method: Method | None = None,
+        cover: Tensor | None = None,
+    ) -> Tensor:
+        return _crop_resize(x, float(strength), self.name, gen)
+
+
+class CenterCrop(Crop):
+    """Centred crop keeping an area ratio, resized back to h w (deterministic)."""
+
+    name = "center_crop"
+    description = "centred crop of a kept area ratio, resized back"
+
+    def apply(
+        self,
+        x: Tensor,
+        strength: float,
+        *,
+        gen: torch.Generator,
+        method: Method | None = None,
+        cover: Tensor | None = None,
+    ) -> Tensor:
+        return _crop_resize(x, float(strength), self.name, None)
+
+
+_FILL = {"black": "zeros", "reflect": "reflection", "border": "border"}
+
+
+class Rotation(Attack):
+    """Rotate about the centre (bilinear), counter-clockwise by ``strength`` degrees; uncovered corners are
+    ``fill``: black (default, as WAVES), reflect or border.  ``random_sign=True`` draws the direction per image."""
+
+    name = "rotation"
+    description = "rotation about the centre (bilinear, black corners by default)"
+    unit = "degrees"
+    differentiable = True
+    default_strengths = (5.0, 15.0, 30.0, 45.0)
+    strength_range = (0.0, 45.0)  # WAVES: 0 -> 45 degrees
+
+    def __init__(self, fill: str = "black", random_sign: bool = False, **params: Any) -> None:
+        super().__init__(**params)
+        if fill not in _FILL:
+            raise WmbenchError(f"attack 'rotation': fill {fill!r} is not one of {sorted(_FILL)}")
+        self.fill, self.random_sign = fill, bool(random_sign)
+        self.params = {"fill": fill, "random_sign": self.random_sign}
+
+    def apply(
+        self,
+        x: Tensor,
+        strength: float,
+        *,
+        gen: torch.Generator,
+        method: Method | None = None,
+        cover: Tensor | None = None,
+    ) -> Tensor:
+        if strength == 0:
+            return x
+        b = x.shape[0]
+        angle = torch.full((b,), float(strength), device=x.device, dtype=x.dtype)
+        if self.random_sign:
+            angle = angle * (torch.randint(0, 2, (b,), generator=gen) * 2 - 1).to(angle)
+        return rotate(x, angle, padding_mode=_FILL[self.fill]).clamp(0, 1)  # b 3 h w
+
+
+class Perspective(Attack):
+    """Random perspective warp (torchvision RandomPerspective semantics): each corner moves inward by up to
+    ``strength`` × half the width/height, uniformly at random from ``gen``; outside is black."""
+
+    name = "perspective"
+    description = "random perspective warp of the corners (black outside)"
+    unit = "distortion scale"
+    differentiable = True
+    default_strengths = (0.1, 0.2, 0.3, 0.5)
+    strength_range = (0.0, 0.5)
+
+    def apply(
+        self,
+        x: Tensor,
+        strength: float,
+        *,
+        gen: torch.Generator,
+        method: Method | None = None,
+        cover: Tensor | None = None,
+    ) -> Tensor:
+        d = float(strength)
+        if not 0.0 <= d < 1.0:
+            raise WmbenchError(f"attack 'perspective': distortion scale {d} is outside [0, 1)")
+        if d == 0:
+            return x
+        b, _, h, w = x.shape
+        src = torch.tensor([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], dtype=torch.float32)
+        inward = torch.tensor([[1, 1], [-1, 1], [-1, -1], [1, -1]], dtype=torch.float32)
+        half = torch.tensor([(w - 1) / 2, (h - 1) / 2])
+        shift = torch.rand(b, 4, 2, generator=gen) * d * half  # b 4 2 (x, y), in px
+        dst = src + inward * shift
+        m = get_perspective_transform(src.expand(b, 4, 2), dst).to(device=x.device, dtype=x.dtype)  # b 3 3
+        return warp_perspective(x, m, (h, w), align_corners=True).clamp(0, 1)

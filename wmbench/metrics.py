@@ -1,0 +1,297 @@
+"""Image-quality metrics (PSNR, SSIM, MS-SSIM, LPIPS), bit metrics and watermark detection.
+
+Image metrics are per-sample ``fn(ref, test) -> b`` on ``b 3 h w`` tensors in [0, 1], registered in
+``IMAGE_METRICS``.  Bit metrics work on decoder logits ``b k`` (a bit reads as 1 when its logit is > 0) and
+{0, 1} messages ``b k``; ``BIT_METRICS`` describes them and ``compute_bit_metrics`` computes them all.
+
+Detection: the score of an image is its number of matching bits.  ``analytic_threshold`` gives the binomial
+threshold under the null "decoded bits are independent fair coins" (no clean images needed); ``empirical_tpr``
+takes the threshold from the scores of real clean images instead.  Both are one-sided (many matching bits =
+watermarked); an inverted decoder is *not* detected.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Sequence
+from fractions import Fraction
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchmetrics.functional.image import (
+    multiscale_structural_similarity_index_measure,
+    peak_signal_noise_ratio,
+    structural_similarity_index_measure,
+)
+
+from wmbench.api import BitMetric, ImageMetric, WmbenchError
+from wmbench.lpips_net import lpips_distance
+
+SSIM_KERNEL = 11
+SSIM_SIGMA = 1.5
+#: Wang et al. 2003 scale weights, finest scale first (torchmetrics' default)
+MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def _check_pair(name: str, ref: Tensor, test: Tensor) -> None:
+    if ref.ndim != 4 or ref.shape[1] != 3 or ref.shape != test.shape:
+        raise WmbenchError(
+            f"{name}: expected two b 3 h w tensors of one shape, got {tuple(ref.shape)} and {tuple(test.shape)}"
+        )
+    if min(ref.shape[-2:]) < SSIM_KERNEL and name in ("ssim", "ms_ssim"):
+        raise WmbenchError(
+            f"{name}: images must be at least {SSIM_KERNEL} px on each side, got {tuple(ref.shape)}"
+        )
+
+
+def psnr(ref: Tensor, test: Tensor) -> Tensor:
+    """PSNR in dB, data range 1, per image over all channels and pixels.  b 3 h w, b 3 h w -> b
+
+    Identical images give ``inf`` (kept, not capped: a cap would collide with real values, which reach ~101 dB
+    for a single 1/255 error in a 256² image); means over a set containing one are inf too.
+    Computed in float64.
+    """
+    _check_pair("psnr", ref, test)
+    out = peak_signal_noise_ratio(
+        test.double(), ref.double(), data_range=1.0, reduction="none", dim=(1, 2, 3)
+    )  # b
+    return out.float()
+
+
+def ssim(ref: Tensor, test: Tensor) -> Tensor:
+    """SSIM (Wang et al. 2004): gaussian window 11 px, σ 1.5, K1 0.01, K2 0.03, data range 1.  b 3 h w -> b
+
+    The SSIM map comes from torchmetrics; its 5-px border (where torchmetrics' window reads reflect padding) is
+    cropped before averaging over channels and pixels, as the reference implementation and skimage do
+    (torchmetrics alone averages the padded border in and reads up to ~3e-3 higher on photos).
+    """
+    _check_pair("ssim", ref, test)
+    _, ssim_map = structural_similarity_index_measure(
+        test,
+        ref,
+        gaussian_kernel=True,
+        sigma=SSIM_SIGMA,
+        kernel_size=SSIM_KERNEL,
+        data_range=1.0,
+        reduction="none",
+        return_full_image=True,
+    )  # b 3 h w
+    pad = (SSIM_KERNEL - 1) // 2
+    return ssim_map[..., pad:-pad, pad:-pad].mean(dim=(1, 2, 3))
+
+
+def ms_ssim_scales(h: int, w: int) -> int:
+    """How many MS-SSIM scales fit: the coarsest scale must still be >= the 11-px window (so 5 scales need
+    a side of >= 176 px, 128² gets 4), within torchmetrics' own size check."""
+    side = min(h, w)
+    for n in range(len(MS_SSIM_BETAS), 0, -1):
+        if side // 2 ** (n - 1) >= SSIM_KERNEL and side // max(1, n - 1) ** 2 > SSIM_KERNEL - 1:
+            return n
+    raise WmbenchError(f"ms_ssim: images must be at least {SSIM_KERNEL} px on each side, got {h}x{w}")
+
+
+def ms_ssim(ref: Tensor, test: Tensor) -> Tensor:
+    """MS-SSIM (Wang et al. 2003), SSIM settings as ``ssim``.  b 3 h w, b 3 h w -> b
+
+    Five scales need images of >= 176 px per side.  Smaller images use as many scales as fit
+    (``ms_ssim_scales``: 4 at 128², 3 at 64², 1 = plain SSIM below 22 px) with the standard betas truncated to
+    the finest scales and renormalised to sum to 1, so values are comparable only between images with the same
+    number of scales.
+    Negative contrast terms are clipped at 0 (torchmetrics' ``normalize="relu"``) so fractional powers stay real.
+    """
+    _check_pair("ms_ssim", ref, test)
+    n = ms_ssim_scales(ref.shape[-2], ref.shape[-1])
+    betas = MS_SSIM_BETAS
+    if n < len(MS_SSIM_BETAS):  # the full set is used as published (it sums to 1.0001)
+        betas = tuple(b / sum(MS_SSIM_BETAS[:n]) for b in MS_SSIM_BETAS[:n])
+    return multiscale_structural_similarity_index_measure(
+        test,
+        ref,
+        gaussian_kernel=True,
+        sigma=SSIM_SIGMA,
+        kernel_size=SSIM_KERNEL,
+        data_range=1.0,
+        betas=betas,
+        reduction="none",
+    )
+
+
+def lpips(ref: Tensor, test: Tensor) -> Tensor:
+    """LPIPS v0.1 AlexNet (Zhang et al. 2018), lower is more similar; inputs fed at their own size, scaled to
+    [-1, 1].  Differentiable w.r.t. inputs that require grad.  b 3 h w, b 3 h w -> b"""
+    _check_pair("lpips", ref, test)
+    return lpips_distance(ref, test)
+
+
+IMAGE_METRICS: dict[str, ImageMetric] = {
+    m.name: m
+    for m in [
+        ImageMetric("psnr", psnr, True, "PSNR in dB (data range 1); inf for identical images"),
+        ImageMetric("ssim", ssim, True, "SSIM, gaussian window 11 px, sigma 1.5"),
+        ImageMetric(
+            "ms_ssim", ms_ssim, True, "MS-SSIM, 5 scales from 176 px, fewer below (renormalised betas)"
+        ),
+        ImageMetric("lpips", lpips, False, "LPIPS v0.1 AlexNet (perceptual distance)"),
+    ]
+}
+
+BIT_METRICS: dict[str, BitMetric] = {
+    m.name: m
+    for m in [
+        BitMetric("bit_acc", True, "fraction of message bits decoded right (bit = logit > 0)"),
+        BitMetric("ber", False, "bit error rate, 1 - bit_acc"),
+        BitMetric("n_bit_err", False, "number of wrong bits"),
+        BitMetric("word_acc", True, "1 if every bit is right, else 0"),
+        BitMetric(
+            "p_value", False, "one-sided binomial P(X >= matches), X ~ Bin(k, 1/2): chance of a clean image"
+        ),
+    ]
+}
+
+
+def metric_names() -> list[str]:
+    """Every metric name: image metrics, then bit metrics."""
+    return [*IMAGE_METRICS, *BIT_METRICS]
+
+
+def get_image_metric(name: str) -> ImageMetric:
+    """Look up an image metric; unknown names raise with a did-you-mean."""
+    if name in IMAGE_METRICS:
+        return IMAGE_METRICS[name]
+    if name in BIT_METRICS:
+        raise WmbenchError(
+            f"{name!r} is a bit metric, computed for every row; image metrics: {list(IMAGE_METRICS)}"
+        )
+    close = difflib.get_close_matches(name, IMAGE_METRICS, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise WmbenchError(f"unknown image metric {name!r}{hint} (available: {', '.join(IMAGE_METRICS)})")
+
+
+# ---------------------------------------------------------------------------------------------- bit metrics
+
+
+def _check_bits(logits: Tensor, msg: Tensor) -> None:
+    if logits.ndim != 2 or logits.shape != msg.shape:
+        raise WmbenchError(
+            f"expected logits and message of one shape b k, got {tuple(logits.shape)} and {tuple(msg.shape)}"
+        )
+
+
+def bit_matches(logits: Tensor, msg: Tensor) -> Tensor:
+    """Number of bits decoded right (bit = logit > 0).  b k, b k -> b (int64)"""
+    _check_bits(logits, msg)
+    return ((logits > 0) == (msg > 0.5)).sum(dim=1)
+
+
+def bit_acc(logits: Tensor, msg: Tensor) -> Tensor:
+    """Fraction of bits decoded right.  b k, b k -> b"""
+    return bit_matches(logits, msg).float() / logits.shape[1]
+
+
+def ber(logits: Tensor, msg: Tensor) -> Tensor:
+    """Bit error rate = 1 - bit_acc.  b k, b k -> b"""
+    return 1.0 - bit_acc(logits, msg)
+
+
+def n_bit_err(logits: Tensor, msg: Tensor) -> Tensor:
+    """Number of wrong bits.  b k, b k -> b (int64)"""
+    return logits.shape[1] - bit_matches(logits, msg)
+
+
+def word_acc(logits: Tensor, msg: Tensor) -> Tensor:
+    """1.0 when every bit is right, else 0.0.  b k, b k -> b"""
+    return (bit_matches(logits, msg) == logits.shape[1]).float()
+
+
+@lru_cache(maxsize=64)
+def _binom_sf_table(k: int) -> tuple[float, ...]:
+    """P(X >= m) for m = 0..k+1, X ~ Bin(k, 1/2), from exact integer sums rounded once to float64."""
+    counts = [math.comb(k, i) for i in range(k + 1)]
+    tail, out = 0, [0.0] * (k + 2)
+    for m in range(k, -1, -1):
+        tail += counts[m]
+        out[m] = float(Fraction(tail, 2**k))
+    return tuple(out)
+
+
+def p_value(matches: Tensor | Sequence[int] | int, k: int) -> Tensor:
+    """One-sided binomial p-value P(X >= matches), X ~ Bin(k, 1/2): how likely an unwatermarked image (decoded
+    bits independent fair coins) matches at least this many bits.  Exact (rational sums), float64.  b -> b"""
+    if k < 1:
+        raise WmbenchError(f"p_value: k must be >= 1, got {k}")
+    m = torch.as_tensor(matches).long().cpu()
+    if m.numel() and (m.min() < 0 or m.max() > k):
+        raise WmbenchError(f"p_value: matches must lie in [0, {k}], got {m.min().item()}..{m.max().item()}")
+    table = torch.tensor(_binom_sf_table(k), dtype=torch.float64)
+    return table[m]
+
+
+def analytic_threshold(k: int, fpr: float) -> int:
+    """Smallest τ with P(X >= τ) <= fpr, X ~ Bin(k, 1/2).
+
+    ``detected = matches >= τ`` then has a false-positive rate <= fpr (usually below it: the binomial is
+    discrete) if decoded bits of clean images are independent fair coins -- an assumption, which
+    ``empirical_tpr`` checks against real clean images.  Returns k + 1 (never detect) when fpr < 2^-k.
+    """
+    if not 0.0 <= fpr <= 1.0:
+        raise WmbenchError(f"fpr must lie in [0, 1], got {fpr}")
+    table = _binom_sf_table(k)
+    return next(t for t in range(k + 2) if table[t] <= fpr)
+
+
+def detected(matches: Tensor, k: int, fpr: float) -> Tensor:
+    """Analytic detection decision at false-positive rate fpr.  b -> b (bool)"""
+    return torch.as_tensor(matches) >= analytic_threshold(k, fpr)
+
+
+def _as_f64(x: Tensor | np.ndarray | Sequence[float]) -> np.ndarray:
+    if isinstance(x, Tensor):
+        x = x.detach().cpu().numpy()
+    return np.array(x, dtype=np.float64).ravel()
+
+
+def empirical_tpr(
+    scores_wm: Tensor | np.ndarray | Sequence[float],
+    scores_clean: Tensor | np.ndarray | Sequence[float],
+    fpr: float,
+) -> dict[str, float | int]:
+    """TPR at an FPR measured on clean images.  scores: n_wm, n_clean (higher = more watermark-like, e.g.
+    matching bits).
+
+    Detection is ``score > threshold`` with threshold the smallest clean score such that the fraction of clean
+    scores above it is <= fpr (so ties at the threshold are never detected and empirical FPR <= fpr).  With n
+    clean images the smallest resolvable FPR is 1/n: any fpr < 1/n gives threshold = max clean score and
+    empirical FPR 0, i.e. "TPR@0.1%FPR" needs >= 1000 clean images to mean what it says.
+    """
+    if not 0.0 <= fpr <= 1.0:
+        raise WmbenchError(f"fpr must lie in [0, 1], got {fpr}")
+    wm = _as_f64(scores_wm)
+    clean = _as_f64(scores_clean)
+    if clean.size == 0:
+        raise WmbenchError("empirical_tpr needs at least one clean score")
+    cand = np.unique(clean)  # ascending; the fraction of clean scores above a candidate falls as it grows
+    above = (clean.size - np.searchsorted(np.sort(clean), cand, side="right")) / clean.size
+    threshold = float(-np.inf) if fpr >= 1.0 else float(cand[np.argmax(above <= fpr)])
+    return {
+        "tpr": float((wm > threshold).mean()) if wm.size else float("nan"),
+        "threshold": threshold,
+        "empirical_fpr": float((clean > threshold).mean()),
+        "n_clean": int(clean.size),
+    }
+
+
+def compute_bit_metrics(logits: Tensor, msg: Tensor) -> dict[str, Tensor]:
+    """Every metric of ``BIT_METRICS`` for a batch.  b k, b k -> {name: b}"""
+    m = bit_matches(logits, msg)
+    k = logits.shape[1]
+    acc = m.float() / k
+    return {
+        "bit_acc": acc,
+        "ber": 1.0 - acc,
+        "n_bit_err": k - m,
+        "word_acc": (m == k).float(),
+        "p_value": p_value(m, k),
+    }
