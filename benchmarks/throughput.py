@@ -53,8 +53,14 @@ def main() -> None:
     imgs = load_image_set(im.source, size=im.size, count=im.count, path=im.path, split=im.split)
     x = imgs.images.to(dev).float() / 255.0  # n 3 s s
     n = x.shape[0]
-    t = Table("stage", "what", "images/s", "ms/image", title=f"{suite.name}: {n} images {im.size}² on {dev}, "
-              f"{torch.get_num_threads()} threads, best of {args.repeat}")
+    t = Table(
+        "stage",
+        "what",
+        "images/s",
+        "ms/image",
+        title=f"{suite.name}: {n} images {im.size}² on {dev}, "
+        f"{torch.get_num_threads()} threads, best of {args.repeat}",
+    )
 
     def row(stage: str, what: str, secs: float) -> None:
         t.add_row(stage, what, f"{n / secs:.1f}", f"{1000 * secs / n:.2f}")
@@ -64,12 +70,23 @@ def main() -> None:
         method.setup(dev)
         msgs = torch.stack([message_for(suite.seed, i, method.nbits) for i in imgs.ids]).to(dev)
         with torch.no_grad():
-            secs, wm = _best(lambda m=method, g=msgs: torch.cat([m.embed(x[j:j + suite.batch_size],
-                             g[j:j + suite.batch_size]) for j in range(0, n, suite.batch_size)]), args.repeat)
+            secs, wm = _best(
+                lambda m=method, g=msgs: torch.cat(
+                    [
+                        m.embed(x[j : j + suite.batch_size], g[j : j + suite.batch_size])
+                        for j in range(0, n, suite.batch_size)
+                    ]
+                ),
+                args.repeat,
+            )
             row("embed", mp.label, secs)
             wm = quantize_8bit(wm)
-            secs, _ = _best(lambda m=method, w=wm: torch.cat([m.extract(w[j:j + suite.batch_size])
-                            for j in range(0, n, suite.batch_size)]), args.repeat)
+            secs, _ = _best(
+                lambda m=method, w=wm: torch.cat(
+                    [m.extract(w[j : j + suite.batch_size]) for j in range(0, n, suite.batch_size)]
+                ),
+                args.repeat,
+            )
             row("extract", mp.label, secs)
     wm = wm if plan.methods else x
     for a in plan.attacks:
@@ -77,8 +94,18 @@ def main() -> None:
             gen = torch.Generator().manual_seed(0)
 
             def go(a=a, s=s, gen=gen):
-                return torch.cat([a.attack.apply(wm[j:j + suite.batch_size], s, gen=gen, method=method,
-                                  cover=x[j:j + suite.batch_size]) for j in range(0, n, suite.batch_size)])
+                return torch.cat(
+                    [
+                        a.attack.apply(
+                            wm[j : j + suite.batch_size],
+                            s,
+                            gen=gen,
+                            method=method,
+                            cover=x[j : j + suite.batch_size],
+                        )
+                        for j in range(0, n, suite.batch_size)
+                    ]
+                )
 
             with torch.no_grad():
                 secs, _ = _best(go, args.repeat)
@@ -87,8 +114,15 @@ def main() -> None:
         if name in M.IMAGE_METRICS:
             fn = M.IMAGE_METRICS[name].fn
             with torch.no_grad():
-                secs, _ = _best(lambda fn=fn: torch.cat([fn(x[j:j + suite.batch_size], wm[j:j + suite.batch_size])
-                                for j in range(0, n, suite.batch_size)]), args.repeat)
+                secs, _ = _best(
+                    lambda fn=fn: torch.cat(
+                        [
+                            fn(x[j : j + suite.batch_size], wm[j : j + suite.batch_size])
+                            for j in range(0, n, suite.batch_size)
+                        ]
+                    ),
+                    args.repeat,
+                )
             row("metric", name, secs)
     Console().print(t)
 

@@ -39,7 +39,10 @@ def test_valid_suite_expands_with_identity_first(tmp_path):
 @pytest.mark.parametrize(
     ("patch", "needle"),
     [
-        ({"attacks": [{"name": "jpeg", "strenghts": [50]}]}, "attacks[0].strenghts: unknown key (did you mean 'strengths'?)"),
+        (
+            {"attacks": [{"name": "jpeg", "strenghts": [50]}]},
+            "attacks[0].strenghts: unknown key (did you mean 'strengths'?)",
+        ),
         ({"imges": {}}, "imges: unknown key (did you mean 'images'?)"),
         ({"images": {"source": "builtin", "size": 64, "cnt": 2}}, "images.cnt: unknown key"),
         ({"methods": [{"name": "dwtdtc"}]}, "Did you mean 'dwtdct'"),
@@ -62,7 +65,12 @@ def test_errors_name_file_and_key(tmp_path, patch, needle):
 
 def test_extends_merges_dicts_and_replaces_lists(tmp_path):
     _write(tmp_path, BASE, "base.yaml")
-    child = {"extends": "base.yaml", "name": "child", "images": {"count": 3}, "attacks": [{"name": "gaussian_blur"}]}
+    child = {
+        "extends": "base.yaml",
+        "name": "child",
+        "images": {"count": 3},
+        "attacks": [{"name": "gaussian_blur"}],
+    }
     s = load_suite(_write(tmp_path, child, "child.yaml"))
     assert s.name == "child"
     assert s.images.count == 3 and s.images.size == 64  # merged
