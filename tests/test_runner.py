@@ -119,14 +119,18 @@ def test_resume_after_kill_9(tmp_path):
     )
     cmd = [sys.executable, "-c", code, "run", str(p), "--out", str(out), "--no-progress"]
     env = {**os.environ}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = (tmp_path / "first.log").open("w")  # a file, not a pipe: a full pipe would block the child
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     while time.time() < deadline and len(RunStore(out).done()) < 3:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    log.close()
     first = {k: (out / "parts" / f"{k}.parquet").stat().st_mtime_ns for k in RunStore(out).done()}
-    assert 3 <= len(first) < 8, "the kill should land mid-run"
+    assert 3 <= len(first) < 8, (
+        "the kill should land mid-run:\n" + (tmp_path / "first.log").read_text()[-3000:]
+    )
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     df = pd.read_parquet(out / "results.parquet")
