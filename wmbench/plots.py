@@ -32,6 +32,11 @@ def curves(df: pd.DataFrame, path: Path, metric: str = "bit_acc") -> Path | None
             gm = g[g["method"] == m].groupby("strength")[metric].mean().sort_index()
             if len(gm):
                 ax.plot(gm.index, gm.values, marker="o", ms=3, label=m)
+        xs = sorted(g["strength"].unique())
+        if len(xs) == 1:
+            ax.set_xticks(xs)
+        if _descending(g["attack_name"].iloc[0]):
+            ax.invert_xaxis()  # e.g. JPEG quality: weaker -> stronger reads left -> right
         ax.set_title(atk, fontsize=9)
         ax.set_xlabel(g["unit"].iloc[0], fontsize=8)
         ax.set_ylim(0.4 if metric == "bit_acc" else -0.02, 1.02)
@@ -47,6 +52,17 @@ def curves(df: pd.DataFrame, path: Path, metric: str = "bit_acc") -> Path | None
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _descending(attack_name: str) -> bool:
+    """True when a smaller value is the stronger attack (its relative range runs high -> low)."""
+    from wmbench.registry import attacks
+
+    try:
+        lo, hi = attacks().get(attack_name).strength_range
+    except Exception:  # noqa: BLE001 - an unknown (e.g. third-party, uninstalled) attack just keeps its axis
+        return False
+    return lo > hi
 
 
 def scatter(board: pd.DataFrame, path: Path) -> Path | None:
@@ -69,7 +85,7 @@ def scatter(board: pd.DataFrame, path: Path) -> Path | None:
     return path
 
 
-def image_grid(run: Path, df: pd.DataFrame, method: str, path: Path, max_attacks: int = 6) -> Path | None:
+def image_grid(run: Path, df: pd.DataFrame, method: str, path: Path, max_attacks: int = 5) -> Path | None:
     """Cover, watermarked, residual ×10 and attacked examples of the first example image of a method."""
     cov, wmp = example_path(run, method, 0, "cover"), example_path(run, method, 0, "wm")
     if not (cov.is_file() and wmp.is_file()):
@@ -88,10 +104,10 @@ def image_grid(run: Path, df: pd.DataFrame, method: str, path: Path, max_attacks
             panels.append(
                 (f"{r['attack']} {r['strength']:g}", np.asarray(Image.open(p).convert("RGB")) / 255)
             )
-    fig, axes = plt.subplots(1, len(panels), figsize=(1.9 * len(panels), 2.2))
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.3 * len(panels), 2.7))
     for ax, (title, img) in zip(np.atleast_1d(axes), panels, strict=True):
         ax.imshow(img, interpolation="nearest")
-        ax.set_title(title, fontsize=7)
+        ax.set_title(title, fontsize=9)
         ax.axis("off")
     fig.suptitle(method, fontsize=9)
     fig.tight_layout()
