@@ -65,3 +65,18 @@ def test_score_two_files(tmp_path):
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
     assert 35 < res["psnr"] < 50 and 0.5 < res["ssim"] <= 1.0
+
+
+def test_run_smoke_quick_profile_end_to_end(tmp_path, monkeypatch):
+    """The shipped smoke suite through the CLI on 2 images: rows, report, summary, its own folder."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WMBENCH_HOME", str(tmp_path / "home"))
+    r = runner.invoke(app, ["run", str(REPO / "suites" / "smoke.yaml"), "--limit", "2", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "results" / "smoke-limit2"
+    import pandas as pd
+
+    df = pd.read_parquet(run / "results.parquet")
+    assert len(df) == 2 * 3 * (1 + 9)  # images × methods × (clean + identity + 8 attack cells)
+    assert set(df.method) == {"dwtdct", "dwtdctsvd", "rivagan"}
+    assert (run / "report.html").is_file() and "run folder" in r.output

@@ -163,6 +163,8 @@ def run(
         if dry_run:
             _print_plan(s, out)
             return
+        if limit is not None and out_dir is None:  # a quick profile must not collide with the full run's folder
+            out_dir = Path("results") / f"{s.name}-limit{limit}"
         runner = Runner(
             s,
             RunOptions(out=out_dir, fresh=fresh, device=device, batch_size=batch_size, progress=progress),
