@@ -155,7 +155,7 @@ def run(
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
     """Run a suite: embed, attack, extract, score; resumable (rerun continues where it stopped)."""
-    from wmbench.report import quality_table, robustness_table, write_report
+    from wmbench.report import leaderboard, quality_table, write_report
     from wmbench.runner import Runner, RunOptions
 
     try:
@@ -163,7 +163,9 @@ def run(
         if dry_run:
             _print_plan(s, out)
             return
-        if limit is not None and out_dir is None:  # a quick profile must not collide with the full run's folder
+        if (
+            limit is not None and out_dir is None
+        ):  # a quick profile must not collide with the full run's folder
             out_dir = Path("results") / f"{s.name}-limit{limit}"
         runner = Runner(
             s,
@@ -176,21 +178,29 @@ def run(
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     report = write_report(res.out)
-    df = res.rows
-    fpr = s.target_fpr
-    q = quality_table(df)
-    t = Table(*q.columns[:8], title="quality (watermarked vs cover)")
-    for _, r in q.iterrows():
-        t.add_row(*[str(r[c]) for c in q.columns[:8]])
+    board = leaderboard(res.rows, s.target_fpr)
+    q = quality_table(res.rows).set_index("method")
+    t = Table(title=f"{s.name}: summary (acc/TPR = means over attack cells)")
+    t.add_column("method", no_wrap=True)
+    for c in ("PSNR", "SSIM", "LPIPS", "clean acc", "acc", f"TPR@{s.target_fpr:g}", "cells"):
+        t.add_column(c, justify="right")
+    for _, r in board.iterrows():
+        m = r["method"]
+        t.add_row(
+            m,
+            f"{r['psnr']:.2f}",
+            f"{r['ssim']:.4f}",
+            f"{r['lpips']:.4f}",
+            str(q.loc[m, "clean bit_acc"]),
+            f"{r['mean_bit_acc']:.3f}",
+            f"{r['mean_tpr_analytic']:.3f}",
+            str(r["n_cells"]),
+        )
     out.print(t)
-    rb = robustness_table(df, fpr)
-    agg = rb.groupby("method", sort=False)["bit_acc"].apply(lambda v: f"{v.astype(float).mean():.3f}")
-    out.print("mean bit accuracy over all attack cells: " + ", ".join(f"{m} {v}" for m, v in agg.items()))
     tm = res.manifest
-    out.print(
-        f"{tm['n_rows']} rows · wall {tm['wall_s']} s · device {tm['device']} · run folder [bold]{res.out}[/]"
-        f" · report {report}"
-    )
+    out.print(f"{tm['n_rows']} rows · wall {tm['wall_s']} s · device {tm['device']}")
+    out.print(f"run folder: [bold]{res.out}[/]", soft_wrap=True)
+    out.print(f"report: {report} (and report.html)", soft_wrap=True)
     if res.errors:
         err.print(f"[red]{len(res.errors)} error(s) recorded in {res.out / 'manifest.json'}")
         raise typer.Exit(1)
