@@ -21,4 +21,10 @@ BUILTIN: dict[str, str] = {
     "saturation": "wmbench.attacks.color:Saturation",
     "hue": "wmbench.attacks.color:Hue",
     "sequence": "wmbench.attacks.sequence:Sequence",
+    "compressai": "wmbench.attacks.regeneration:CompressAI",
+    "sd_vae": "wmbench.attacks.regeneration:SdVae",
+    "diffusion_regen": "wmbench.attacks.regeneration:DiffusionRegen",
+    "pgd_remove": "wmbench.attacks.adversarial:PgdRemove",
+    "pgd_forge": "wmbench.attacks.adversarial:PgdForge",
+    "vae_embedding": "wmbench.attacks.adversarial:VaeEmbedding",
 }

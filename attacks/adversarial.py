@@ -1,0 +1,416 @@
+"""Adversarial attacks: projected gradient descent within an ε-ball, strength = ε in 1/255 units.
+
+    - ``pgd_remove``:    white-box; pushes the decoded bits of the watermarked image to a random message (default;
+                         bit accuracy -> ~0.5, undetectable even by a two-sided test) or to the flipped bits;
+    - ``pgd_forge``:     white-box; copies the watermark onto the clean cover: the target is what the method decodes
+                         from the watermarked input, PGD starts from ``cover`` and the output is the forged cover;
+    - ``vae_embedding``: no-box (WAVES); pushes the image's latent under a VAE encoder away from the original's.
+
+Norms: ``linf`` bounds every pixel change by ε/255; ``l2`` bounds the RMS change by ε/255 (‖δ‖₂ ≤ ε/255·√(3hw)),
+so either way the attacked image keeps PSNR ≥ 20·log10(255/ε) against the attack's start image.
+
+Gradients: by autograd through ``method.extract``, so only for methods that declare ``differentiable_extract``.
+For the others the cell raises SkipCell naming the method: BPDA needs a differentiable approximation of the decoder
+that this harness does not have for e.g. a numpy/ONNX decoder, and a query-based estimate (NES, tried) barely moves
+per-pixel pseudo-random watermarks at affordable query counts (gradient cosine ≈ √(queries/pixels) ≈ 0.03 for 10
+queries at 64²), so its rows would understate white-box attacks.  A trained surrogate decoder (the planned
+``surrogate_transfer``) is the intended route for such methods.  Attacks always return detached tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Self
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from wmbench.api import Attack, Method, SkipCell, WmbenchError
+
+from .regeneration import INJECTED, load_autoencoder, params_label
+
+DEFAULT_EOT: tuple[str, ...] = ("jpeg", "gaussian_blur", "gaussian_noise", "resize")
+Objective = Callable[[Tensor], Tensor]  # b 3 h w -> b per-sample loss to minimise
+
+
+def _eps(who: str, strength: float) -> float:
+    if not math.isfinite(strength) or strength < 0:
+        raise WmbenchError(f"attack {who!r}: epsilon {strength} (in 1/255) must be >= 0")
+    return float(strength) / 255.0
+
+
+def _need_method(who: str, method: Method | None) -> Method:
+    if method is None:
+        raise WmbenchError(f"attack {who!r} attacks a method's decoder: call apply(..., method=<Method>)")
+    return method
+
+
+def _num(who: str, key: str, v: Any, lo: float, integer: bool = False, strict: bool = False) -> Any:
+    bad = isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
+    bad = bad or (v <= lo if strict else v < lo) or (integer and int(v) != v)
+    if bad:
+        kind = "an integer" if integer else "a number"
+        raise WmbenchError(f"attack {who!r}: {key} must be {kind} {'>' if strict else '>='} {lo}, got {v!r}")
+    return int(v) if integer else float(v)
+
+
+def _choice(who: str, key: str, v: Any, options: Sequence[str]) -> str:
+    if v not in options:
+        raise WmbenchError(f"attack {who!r}: {key} {v!r} must be one of {', '.join(map(repr, options))}")
+    return str(v)
+
+
+def pgd(
+    x: Tensor,
+    objective: Objective,
+    *,
+    eps: float,
+    norm: str,
+    steps: int,
+    step_size: float,
+    gen: torch.Generator,
+    random_start: bool = False,
+) -> Tensor:
+    """Minimise ``objective`` over x + δ, δ in the ε-ball (see module docstring for norms), x + δ in [0,1].
+
+    ``step_size`` is a fraction of the ball's radius.  Returns, per image, the iterate with the lowest objective
+    seen (the start included), detached.  # x: b 3 h w -> b 3 h w
+    """
+    x = x.detach()
+    b = x.shape[0]
+    radius = eps if norm == "linf" else eps * math.sqrt(x[0].numel())
+    alpha = step_size * radius
+
+    def project(d: Tensor) -> Tensor:
+        if norm == "linf":
+            d = d.clamp(-eps, eps)
+        else:
+            n = d.flatten(1).norm(dim=1).clamp_min(1e-12)
+            d = d * (radius / n).clamp(max=1.0).view(b, 1, 1, 1)
+        return (x + d).clamp(0, 1) - x
+
+    def loss_and_grad(xa: Tensor, need_grad: bool) -> tuple[Tensor, Tensor | None]:
+        if not need_grad:
+            with torch.no_grad():
+                return objective(xa), None
+        with torch.enable_grad():
+            xa = xa.detach().requires_grad_(True)
+            loss = objective(xa)  # b
+            if not loss.requires_grad:
+                raise WmbenchError(
+                    "pgd: the objective is detached from the image (does the method's extract run under "
+                    "torch.no_grad() although it declares differentiable_extract?)"
+                )
+            (g,) = torch.autograd.grad(loss.sum(), xa)
+        return loss.detach(), g
+
+    delta = torch.zeros_like(x)
+    if random_start:
+        u = torch.rand(x.shape, generator=gen).to(x) * 2 - 1  # b 3 h w in [-1, 1]
+        delta = project(u * (eps if norm == "linf" else radius / math.sqrt(x[0].numel())))
+    best, best_loss = x.clone(), torch.full((b,), math.inf, device=x.device)
+    for i in range(steps + 1):
+        xa = x + delta
+        loss, g = loss_and_grad(xa, i < steps)  # the last iterate is only scored
+        better = loss < best_loss
+        best[better], best_loss = xa[better].detach(), torch.where(better, loss, best_loss)
+        if g is None:
+            break
+        with torch.no_grad():
+            if norm == "linf":
+                delta = project(delta - alpha * g.sign())
+            else:
+                gn = g.flatten(1).norm(dim=1).clamp_min(1e-12).view(b, 1, 1, 1)
+                delta = project(delta - alpha * g / gn)
+    return best
+
+
+class _Pgd(Attack):
+    """Shared params, validation, EOT and differentiability check of the white-box attacks."""
+
+    family = "adversarial"
+    needs_method = True
+    default_strengths = (2.0, 4.0, 8.0)
+    strength_range = (0.0, 8.0)  # WAVES adversarial: ε 2..8 /255
+    _targets: tuple[str, ...] = ()
+    _defaults: dict[str, Any] = {}
+
+    def __init__(
+        self,
+        norm: str = "linf",
+        steps: int = 50,
+        step_size: float = 0.05,
+        eot: int = 0,
+        eot_attacks: Sequence[str] = DEFAULT_EOT,
+        target: str | None = None,
+        random_start: bool = False,
+        **params: Any,
+    ) -> None:
+        super().__init__(**params)
+        who = self.name
+        self.norm = _choice(who, "norm", norm, ("linf", "l2"))
+        self.steps = _num(who, "steps", steps, 0, integer=True)
+        self.step_size = _num(who, "step_size", step_size, 0, strict=True)
+        self.eot = _num(who, "eot", eot, 0, integer=True)
+        self.target = _choice(who, "target", target or self._targets[0], self._targets)
+        self.random_start = bool(random_start)
+        if isinstance(eot_attacks, str) or not eot_attacks:
+            raise WmbenchError(f"attack {who!r}: eot_attacks must be a non-empty list of attack names")
+        from wmbench.registry import attacks
+
+        self.eot_pool: list[Attack] = []
+        for n in eot_attacks:
+            a = attacks().get(n)()
+            if a.needs_method or not a.default_strengths:
+                raise WmbenchError(f"attack {who!r}: eot_attacks: {n!r} cannot serve as a random transform")
+            self.eot_pool.append(a)
+        self.params = {
+            "norm": self.norm,
+            "steps": self.steps,
+            "step_size": self.step_size,
+            "eot": self.eot,
+            "eot_attacks": list(eot_attacks),
+            "target": self.target,
+            "random_start": self.random_start,
+        }
+        norm_txt = "L-inf" if self.norm == "linf" else "L2, RMS per pixel"
+        self.unit = f"epsilon (1/255, {norm_txt})"
+        eot_txt = f", EOT over {self.eot} random {'/'.join(eot_attacks)} per step" if self.eot else ""
+        self.description = f"{type(self).description} [{self.norm}, {self.steps} steps, autograd{eot_txt}]"
+
+    def label(self) -> str:
+        return params_label(self.name, self.params, self._defaults)
+
+    def forward_st(
+        self, x: Tensor, strength: float, *, gen: torch.Generator, cover: Tensor | None = None
+    ) -> Tensor:
+        raise WmbenchError(f"attack {self.name!r} needs the method it attacks; it is no training distortion")
+
+    def _check_differentiable(self, method: Method) -> None:
+        if not method.differentiable_extract:
+            raise SkipCell(
+                f"attack {self.name!r}: method {method.name!r} declares no differentiable extract "
+                f"(differentiable_extract = False), so white-box PGD has no gradient; the cell is not run rather "
+                f"than report a weaker attack as white-box. Attack it through a surrogate decoder instead."
+            )
+
+    def _objective(
+        self, method: Method, target: Tensor, gen: torch.Generator, cover: Tensor | None
+    ) -> Objective:
+        """Per-image BCE of the decoded logits against ``target`` (b k), averaged over ``eot`` random transforms."""
+
+        def bce(y: Tensor) -> Tensor:
+            logits = method.extract(y).float()  # b k
+            return F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(1)
+
+        if self.eot == 0:
+            return bce
+
+        def eot_bce(y: Tensor) -> Tensor:
+            total = torch.zeros(y.shape[0], device=y.device)
+            for _ in range(self.eot):
+                j = int(torch.randint(len(self.eot_pool), (1,), generator=gen))
+                atk = self.eot_pool[j]
+                s = atk.default_strengths[int(torch.randint(len(atk.default_strengths), (1,), generator=gen))]
+                total = total + bce(atk.forward_st(y, s, gen=gen, cover=cover))
+            return total / self.eot
+
+        return eot_bce
+
+    def _decoded(self, method: Method, x: Tensor) -> Tensor:
+        """What the method reads from x now.  -> b k in {0,1}"""
+        with torch.no_grad():
+            return (method.extract(x) > 0).float()
+
+    def _run(self, start: Tensor, eps: float, objective: Objective, gen: torch.Generator) -> Tensor:
+        return pgd(
+            start,
+            objective,
+            eps=eps,
+            norm=self.norm,
+            steps=self.steps,
+            step_size=self.step_size,
+            gen=gen,
+            random_start=self.random_start,
+        )
+
+
+_PGD_DEFAULTS: dict[str, Any] = {
+    "norm": "linf",
+    "steps": 50,
+    "step_size": 0.05,
+    "eot": 0,
+    "eot_attacks": list(DEFAULT_EOT),
+    "random_start": False,
+}
+
+
+class PgdRemove(_Pgd):
+    """White-box removal: PGD from the watermarked image towards a target message that is not the decoded one.
+
+    params: ``norm`` linf|l2, ``steps`` 50, ``step_size`` 0.05 (fraction of the ball's radius), ``eot`` 0
+    (random transforms averaged per step, from ``eot_attacks``), ``target`` random|flip, ``random_start``.
+    """
+
+    name = "pgd_remove"
+    description = "white-box PGD pushing the decoded bits away from the watermark"
+    _targets = ("random", "flip")
+    _defaults = {**_PGD_DEFAULTS, "target": "random"}
+
+    def apply(
+        self,
+        x: Tensor,
+        strength: float,
+        *,
+        gen: torch.Generator,
+        method: Method | None = None,
+        cover: Tensor | None = None,
+    ) -> Tensor:
+        eps = _eps(self.name, strength)
+        if eps == 0 or self.steps == 0:
+            return x.detach()
+        m = _need_method(self.name, method)
+        self._check_differentiable(m)
+        x0 = x.detach().float()
+        decoded = self._decoded(m, x0)  # b k
+        if self.target == "flip":
+            target = 1.0 - decoded
+        else:
+            target = torch.randint(0, 2, decoded.shape, generator=gen).to(decoded)
+        y = self._run(x0, eps, self._objective(m, target, gen, cover), gen)
+        return y.to(x.dtype)
+
+
+class PgdForge(_Pgd):
+    """White-box forgery: copy the watermark onto the clean cover.
+
+    The target is what the method decodes from the watermarked input ``x``; PGD starts from ``cover`` and the
+    attack returns the forged cover.  A row's bit accuracy (against the embedded message) is then the forgery's
+    success rate: 1.0 means the clean image reads as the watermark.  Its ``psnr_attacked`` compares the forged
+    cover with the watermarked image; against the cover itself the forgery keeps PSNR ≥ 20·log10(255/ε).
+    """
+
+    name = "pgd_forge"
+    description = "white-box PGD forgery: a clean cover made to decode as the watermarked image's message"
+    needs_cover = True
+    _targets = ("copy",)
+    _defaults = {**_PGD_DEFAULTS, "target": "copy"}
+
+    def apply(
+        self,
+        x: Tensor,
+        strength: float,
+        *,
+        gen: torch.Generator,
+        method: Method | None = None,
+        cover: Tensor | None = None,
+    ) -> Tensor:
+        if cover is None:
+            raise WmbenchError(
+                "attack 'pgd_forge' starts from the clean cover: call apply(..., cover=<b 3 h w>)"
+            )
+        if cover.shape != x.shape:
+            raise WmbenchError(f"attack 'pgd_forge': cover shape {tuple(cover.shape)} != {tuple(x.shape)}")
+        eps = _eps(self.name, strength)
+        c0 = cover.detach().to(device=x.device, dtype=torch.float32)
+        if eps == 0 or self.steps == 0:
+            return c0.to(x.dtype)
+        m = _need_method(self.name, method)
+        self._check_differentiable(m)
+        target = self._decoded(m, x.detach().float())  # b k: the watermark to copy
+        y = self._run(c0, eps, self._objective(m, target, gen, c0), gen)
+        return y.to(x.dtype)
+
+
+class VaeEmbedding(Attack):
+    """WAVES embedding attack: PGD maximising ‖E(x+δ) − E(x)‖² of a VAE encoder's latent mean (no method needed).
+
+    params: ``model`` (diffusers AutoencoderKL id or local folder; offline only), ``subfolder``, ``norm``,
+    ``steps`` 200, ``step_size`` 0.05 (WAVES: α = 0.05·ε, 200 steps).  It always starts at a random point of the
+    ball (from ``gen``): at δ = 0 the distance's gradient is exactly zero.  ``use_modules(encoder=vae)`` injects an
+    AutoencoderKL (tests; later the locally trained regeneration model's encoder).
+    """
+
+    name = "vae_embedding"
+    description = "WAVES adversarial embedding attack on a VAE encoder's latent (no-box)"
+    unit = "epsilon (1/255, L-inf)"
+    family = "adversarial"
+    default_strengths = (2.0, 4.0, 6.0, 8.0)
+    strength_range = (0.0, 8.0)
+    _defaults = {
+        "model": "stabilityai/sd-vae-ft-mse",
+        "subfolder": None,
+        "norm": "linf",
+        "steps": 200,
+        "step_size": 0.05,
+    }
+
+    def __init__(
+        self,
+        model: str = "stabilityai/sd-vae-ft-mse",
+        subfolder: str | None = None,
+        norm: str = "linf",
+        steps: int = 200,
+        step_size: float = 0.05,
+        **params: Any,
+    ) -> None:
+        super().__init__(**params)
+        self.params = {
+            "model": str(model),
+            "subfolder": subfolder,
+            "norm": _choice(self.name, "norm", norm, ("linf", "l2")),
+            "steps": _num(self.name, "steps", steps, 0, integer=True),
+            "step_size": _num(self.name, "step_size", step_size, 0, strict=True),
+        }
+        if self.params["norm"] == "l2":
+            self.unit = "epsilon (1/255, L2, RMS per pixel)"
+        self._encoder: Any = None
+
+    def use_modules(self, encoder: Any) -> Self:
+        """Attack this AutoencoderKL (anything with ``.encode(2x-1).latent_dist.mean``) instead of the hub one."""
+        self._encoder = encoder
+        self.params["modules"] = INJECTED
+        return self
+
+    def label(self) -> str:
+        return params_label(self.name, self.params, self._defaults)
+
+    def apply(
+        self,
+        x: Tensor,
+        strength: float,
+        *,
+        gen: torch.Generator,
+        method: Method | None = None,
+        cover: Tensor | None = None,
+    ) -> Tensor:
+        eps = _eps(self.name, strength)
+        if eps == 0 or self.params["steps"] == 0:
+            return x.detach()
+        if self._encoder is None:
+            self._encoder = load_autoencoder(self.name, self.params["model"], self.params["subfolder"])
+        enc = self._encoder.to(x.device)
+        x0 = x.detach().float()
+
+        def latent(y: Tensor) -> Tensor:
+            return enc.encode(y * 2.0 - 1.0).latent_dist.mean  # b c h/f w/f
+
+        with torch.no_grad():
+            z0 = latent(x0)
+
+        def objective(y: Tensor) -> Tensor:
+            return -(latent(y) - z0).pow(2).flatten(1).mean(1)  # b: minimise = push the latent away
+
+        y = pgd(
+            x0,
+            objective,
+            eps=eps,
+            norm=self.params["norm"],
+            steps=self.params["steps"],
+            step_size=self.params["step_size"],
+            gen=gen,
+            random_start=True,
+        )
+        return y.to(x.dtype)

@@ -1,0 +1,478 @@
+"""Regeneration attacks: a learned codec or generative model re-synthesises the image, washing out the watermark.
+
+    - ``compressai``:      a CompressAI zoo codec, real entropy coding (strength = quality 1..8, 1 = lowest rate);
+    - ``sd_vae``:          a diffusers AutoencoderKL encode/decode round trip (strength = number of round trips);
+    - ``diffusion_regen``: noise the VAE latent to step t, denoise with the pipeline's UNet (strength = t).
+
+Weights are pretrained only and loaded offline only: CompressAI checkpoints from the torch hub cache the zoo fills,
+diffusers models with ``local_files_only=True``.  When they are absent the attack raises ``SkipCell`` at once with a
+message naming the missing file/model and how to provide it; random weights are never substituted in a run.
+
+Tests (and callers with their own networks) hand modules in explicitly with ``use_modules(...)``; the instance then
+records ``params["modules"] = "injected"`` so its label and params never pass for the hub model.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Self
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from wmbench.api import Attack, Method, SkipCell, WmbenchError
+
+INJECTED = "injected"
+
+#: CompressAI zoo architectures with pretrained weights -> highest quality level
+COMPRESSAI_MODELS: dict[str, int] = {
+    "bmshj2018-factorized": 8,
+    "bmshj2018-hyperprior": 8,
+    "mbt2018-mean": 8,
+    "mbt2018": 8,
+    "cheng2020-anchor": 6,
+    "cheng2020-attn": 6,
+}
+_METRICS = ("mse", "ms-ssim")
+
+
+def params_label(name: str, params: dict[str, Any], defaults: dict[str, Any]) -> str:
+    """``name`` plus the params that differ from their defaults, e.g. ``sd_vae[model=x/y]``."""
+    diff = [f"{k}={v}" for k, v in params.items() if k not in defaults or defaults[k] != v]
+    return f"{name}[{','.join(diff)}]" if diff else name
+
+
+def _int_param(who: str, key: str, v: Any, lo: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int | float) or int(v) != v or v < lo:
+        raise WmbenchError(f"attack {who!r}: {key} must be an integer >= {lo}, got {v!r}")
+    return int(v)
+
+
+def _integer_strength(who: str, strength: float, lo: int, hi: int, what: str) -> int:
+    s = int(round(strength))
+    if s != strength or not lo <= s <= hi:
+        raise WmbenchError(f"attack {who!r}: {what} {strength} must be an integer in [{lo}, {hi}]")
+    return s
+
+
+def _pad_to(x: Tensor, m: int) -> Tensor:
+    """Replicate-pad the bottom/right so h and w are multiples of ``m``.  # b 3 h w -> b 3 h' w'"""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % m, (-w) % m
+    return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+
+
+# ------------------------------------------------------------------------------------------- offline loading
+
+
+def hf_cache_dir() -> str:
+    """The Hugging Face hub cache that ``from_pretrained`` reads (HF_HUB_CACHE / HF_HOME respected)."""
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except ImportError:
+        return os.path.join(os.environ.get("HF_HOME", "~/.cache/huggingface"), "hub")
+
+
+def missing_hf_message(who: str, what: str, model_id: str, err: BaseException, param: str = "model") -> str:
+    """The SkipCell text for a diffusers model absent offline: what is missing and how to provide it."""
+    cache = hf_cache_dir()
+    folder = "models--" + model_id.replace("/", "--")
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return (
+        f"attack {who!r}: {what} {model_id!r} is not available offline ({first}). wmbench loads hub models with "
+        f"local_files_only and never substitutes random weights. To provide it, on a machine with network run "
+        f"`hf download {model_id}` (huggingface_hub) and copy {cache}/{folder} into this machine's cache {cache} "
+        f"(HF_HOME / HF_HUB_CACHE choose it), or set the attack's params.{param} to a local folder in diffusers "
+        f"layout."
+    )
+
+
+@contextmanager
+def _hub_quiet() -> Iterator[None]:
+    """Silence huggingface_hub's deprecation chatter that diffusers triggers on every offline load."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+        yield
+
+
+def _diffusers(who: str) -> Any:
+    try:
+        import diffusers
+    except ImportError:
+        raise SkipCell(f"attack {who!r} needs the diffusers package: pip install diffusers") from None
+    return diffusers
+
+
+def load_autoencoder(
+    who: str,
+    model_id: str,
+    subfolder: str | None = None,
+    what: str | None = None,
+    param: str = "model",
+) -> nn.Module:
+    """A pretrained diffusers AutoencoderKL from the local cache or a local folder, else SkipCell (immediately)."""
+    diffusers = _diffusers(who)
+    kw: dict[str, Any] = {"local_files_only": True, "low_cpu_mem_usage": False}
+    if subfolder:
+        kw["subfolder"] = subfolder
+    try:
+        with _hub_quiet():
+            vae = diffusers.AutoencoderKL.from_pretrained(model_id, **kw)
+    except (OSError, ValueError) as e:  # missing files offline / not a repo id nor a folder
+        what = what or "AutoencoderKL" + (f" (subfolder {subfolder!r})" if subfolder else "")
+        raise SkipCell(missing_hf_message(who, what, model_id, e, param)) from None
+    return vae.eval().requires_grad_(False)
+
+
+class _Regen(Attack):
+    """Shared plumbing: family, lazy per-device modules, explicit injection for tests."""
+
+    family = "regeneration"
+    _defaults: dict[str, Any] = {}
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)  # rejects unknown params with their names
+        self.params = dict(self._defaults)
+        self._mods: dict[str, Any] = {}
+
+    def use_modules(self, **modules: Any) -> Self:
+        """Use these networks instead of the pretrained ones (tests, in-code configs); recorded in params."""
+        self._mods.update(modules)
+        self.params["modules"] = INJECTED
+        return self
+
+    def label(self) -> str:
+        return params_label(self.name, self.params, self._defaults)
+
+
+# ------------------------------------------------------------------------------------------------ CompressAI
+
+
+def compressai_checkpoint(model: str, metric: str, quality: int) -> tuple[Path, str]:
+    """Where torch.hub keeps the zoo's checkpoint (no network): ``$TORCH_HOME/hub/checkpoints/<url name>``."""
+    from urllib.parse import urlparse
+
+    from compressai.zoo.image import model_urls
+
+    url = model_urls[model][metric][quality]
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path), url
+
+
+class CompressAI(_Regen):
+    """A CompressAI zoo codec: real ``compress`` (entropy-coded bit strings) then ``decompress``.
+
+    params: ``model`` (one of COMPRESSAI_MODELS), ``metric`` ("mse" | "ms-ssim").  After each call
+    ``last_stats["bpp"]`` holds the coded bits per pixel of each image (b), measured on the real strings.
+    """
+
+    name = "compressai"
+    description = (
+        "CompressAI learned codec, real entropy coding (pretrained weights from the torch hub cache)"
+    )
+    unit = "compressai quality (1 = lowest rate)"
+    integer_strength = True
+    default_strengths = (1.0, 3.0, 6.0)
+    strength_range = (8.0, 1.0)  # weakest = highest quality
+    _defaults = {"model": "bmshj2018-factorized", "metric": "mse"}
+
+    def __init__(self, model: str = "bmshj2018-factorized", metric: str = "mse", **params: Any) -> None:
+        super().__init__(**params)
+        if model not in COMPRESSAI_MODELS:
+            raise WmbenchError(
+                f"attack 'compressai': unknown model {model!r}; choose one of {', '.join(COMPRESSAI_MODELS)}"
+            )
+        if metric not in _METRICS:
+            raise WmbenchError(f"attack 'compressai': metric {metric!r} must be one of {_METRICS}")
+        self.params = {"model": model, "metric": metric}
+        self.max_quality = COMPRESSAI_MODELS[model]
+        self.strength_range = (float(self.max_quality), 1.0)
+        self.last_stats: dict[str, Tensor] = {}
+
+    def from_relative(self, r: float) -> float:  # type: ignore[override]
+        """Per model: cheng2020 models stop at quality 6."""
+        if not 0.0 <= r <= 1.0:
+            raise WmbenchError(f"attack 'compressai': relative strength {r} is outside [0, 1]")
+        return float(round((1.0 - r) * self.max_quality + r * 1.0))
+
+    def _net(self, q: int) -> nn.Module:
+        if "net" in self._mods:
+            self._mods["net"].update()  # an injected codec may not have built its CDF tables yet
+            return self._mods["net"]
+        key = f"q{q}"
+        if key in self._mods:
+            return self._mods[key]
+        try:
+            from compressai.zoo.image import load_pretrained, model_architectures
+        except ImportError as e:
+            raise SkipCell(
+                f"attack 'compressai' needs the compressai package: pip install compressai ({e})"
+            ) from None
+        model, metric = self.params["model"], self.params["metric"]
+        path, url = compressai_checkpoint(model, metric, q)
+        if not path.is_file():
+            fn = model.replace("-", "_")
+            raise SkipCell(
+                f"attack 'compressai': pretrained weights of {model} ({metric}, quality {q}) are not in the torch "
+                f"hub cache: {path} is missing. wmbench never downloads them during a run nor uses random weights. "
+                f'To provide them, on a machine with network run `python -c "from compressai.zoo import {fn}; '
+                f"{fn}({q}, metric='{metric}', pretrained=True)\"` and copy the file, or download {url} to {path} "
+                f"(TORCH_HOME chooses the cache)."
+            )
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        net = model_architectures[model].from_state_dict(load_pretrained(state))
+        net.eval().requires_grad_(False)
+        net.update()  # builds the entropy coder's CDF tables when the checkpoint lacks them
+        self._mods[key] = net
+        return net
+
+    def apply(
+        self,
+        x: Tensor,
+        strength: float,
+        *,
+        gen: torch.Generator,
+        method: Method | None = None,
+        cover: Tensor | None = None,
+    ) -> Tensor:
+        q = _integer_strength(self.name, strength, 1, self.max_quality, f"quality for {self.params['model']}")
+        net = self._net(q).to(x.device)
+        h, w = x.shape[-2:]
+        # the factorized prior downsamples 16x; a hyperprior (h_a) adds two more stride-2 layers (64x)
+        mult = 64 if hasattr(net, "h_a") else 16
+        with torch.no_grad():
+            xp = _pad_to(x.detach().float().clamp(0, 1), mult)  # b 3 h' w'
+            enc = net.compress(xp)
+            y = net.decompress(enc["strings"], enc["shape"])["x_hat"][..., :h, :w]  # b 3 h w
+        nbytes = [sum(len(s[i]) for s in enc["strings"]) for i in range(x.shape[0])]
+        self.last_stats = {"bpp": torch.tensor(nbytes, dtype=torch.float64) * 8.0 / (h * w)}
+        return y.clamp(0, 1).to(x.dtype)
+
+
+# -------------------------------------------------------------------------------------------------- SD VAE
+
+
+def _encode(vae: nn.Module, x: Tensor, sample: bool, gen: torch.Generator) -> Tensor:
+    """Latent of an AutoencoderKL: the posterior mean, or a draw from it with ``gen``.  # b 3 h w -> b c h/f w/f"""
+    dist = vae.encode(x * 2.0 - 1.0).latent_dist
+    if not sample:
+        return dist.mean
+    eps = torch.randn(dist.mean.shape, generator=gen).to(dist.mean)
+    return dist.mean + dist.std * eps
+
+
+def _decode(vae: nn.Module, z: Tensor) -> Tensor:
+    """# b c h/f w/f -> b 3 h w in [0,1]"""
+    return ((vae.decode(z).sample + 1.0) / 2.0).clamp(0, 1)
+
+
+class SdVae(_Regen):
+    """Encode with a pretrained AutoencoderKL and decode again, ``strength`` times (a rinse).
+
+    params: ``model`` (hub id or local folder), ``subfolder`` (e.g. "vae" inside a pipeline repo), ``sample``
+    (False: decode the posterior mean, deterministic; True: a posterior draw from ``gen``).
+    """
+
+    name = "sd_vae"
+    description = "diffusers AutoencoderKL encode/decode round trip (pretrained, offline only)"
+    unit = "VAE round trips"
+    integer_strength = True
+    default_strengths = (1.0,)
+    strength_range = (1.0, 4.0)
+    _defaults = {"model": "stabilityai/sd-vae-ft-mse", "subfolder": None, "sample": False}
+
+    def __init__(
+        self,
+        model: str = "stabilityai/sd-vae-ft-mse",
+        subfolder: str | None = None,
+        sample: bool = False,
+        **params: Any,
+    ) -> None:
+        super().__init__(**params)
+        self.params = {"model": str(model), "subfolder": subfolder, "sample": bool(sample)}
+
+    def _vae(self) -> nn.Module:
+        if "vae" not in self._mods:
+            self._mods["vae"] = load_autoencoder(self.name, self.params["model"], self.params["subfolder"])
+        return self._mods["vae"]
+
+    def apply(
+        self,
+        x: Tensor,
+        strength: float,
+        *,
+        gen: torch.Generator,
+        method: Method | None = None,
+        cover: Tensor | None = None,
+    ) -> Tensor:
+        n = _integer_strength(self.name, strength, 0, 64, "round trips")
+        if n == 0:
+            return x
+        vae = self._vae().to(x.device)
+        y = x.detach().float()
+        with torch.no_grad():
+            for _ in range(n):
+                y = _decode(vae, _encode(vae, y, self.params["sample"], gen))  # b 3 h w
+        return y.to(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------- diffusion regen
+
+
+def ddim_regenerate(
+    vae: nn.Module,
+    denoise: Any,
+    alphas_cumprod: Tensor,
+    prediction_type: str,
+    x: Tensor,
+    t: int,
+    steps: int,
+    gen: torch.Generator,
+) -> Tensor:
+    """One regeneration: z0 = E(x); z_t = √ᾱ_t z0 + √(1-ᾱ_t) ε; deterministic DDIM (η = 0) from t to 0; D(z).
+
+    ``denoise(z, t_vec)`` returns the model output (ε, v or x0 per ``prediction_type``); the DDIM grid has
+    ``ceil(t·steps/T)`` steps from exactly t, and the last one predicts z0 (ᾱ_prev = 1).  # b 3 h w -> b 3 h w
+    """
+    sf = float(getattr(vae.config, "scaling_factor", 1.0))
+    z = _encode(vae, x, False, gen) * sf  # b c h/f w/f
+    if t > 0:
+        ac = alphas_cumprod.to(device=z.device, dtype=torch.float64)
+        n = max(1, math.ceil(t * steps / ac.shape[0]))
+        grid = [int(round(t - i * t / n)) for i in range(n)]  # t = t_0 > t_1 > ... > t_{n-1} > 0
+        noise = torch.randn(z.shape, generator=gen).to(z)
+        a = ac[t]
+        z = (a.sqrt() * z + (1 - a).sqrt() * noise).to(z.dtype)
+        for i, ti in enumerate(grid):
+            a = ac[ti]
+            a_prev = (
+                ac[grid[i + 1]] if i + 1 < len(grid) else torch.ones((), dtype=ac.dtype, device=ac.device)
+            )
+            out = denoise(z, torch.full((z.shape[0],), ti, device=z.device, dtype=torch.long))
+            out = out[:, : z.shape[1]].to(torch.float64)  # learned-variance UNets emit 2c channels
+            zd = z.to(torch.float64)
+            if prediction_type == "epsilon":
+                eps = out
+                x0 = (zd - (1 - a).sqrt() * eps) / a.sqrt()
+            elif prediction_type == "v_prediction":
+                x0 = a.sqrt() * zd - (1 - a).sqrt() * out
+                eps = (1 - a).sqrt() * zd + a.sqrt() * out
+            elif prediction_type == "sample":
+                x0 = out
+                eps = (zd - a.sqrt() * x0) / (1 - a).sqrt()
+            else:
+                raise WmbenchError(
+                    f"diffusion_regen: unsupported scheduler prediction_type {prediction_type!r}"
+                )
+            z = (a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps).to(z.dtype)
+    return _decode(vae, z / sf)
+
+
+class DiffusionRegen(_Regen):
+    """WAVES / W-Bench regeneration: noise the latent to step t and denoise with an empty prompt, ``rinse`` times.
+
+    params: ``pipeline`` (a Stable-Diffusion-layout repo id or local folder: vae/, unet/, scheduler/, and
+    text_encoder/ + tokenizer/ when the UNet is text-conditioned), ``rinse`` (full regenerations in a row),
+    ``steps`` (DDIM steps over the whole 1000-step schedule; denoising from t takes ceil(t·steps/1000)).
+    strength t = 0 is a plain VAE round trip.
+    """
+
+    name = "diffusion_regen"
+    description = (
+        "latent diffusion regeneration: noise to step t, DDIM-denoise, decode (pretrained, offline only)"
+    )
+    unit = "diffusion noise step t (of 1000)"
+    integer_strength = True
+    default_strengths = (60.0, 120.0, 180.0, 240.0)
+    strength_range = (0.0, 240.0)  # W-Bench: steps 60..240
+    _defaults = {"pipeline": "stabilityai/stable-diffusion-2-1-base", "rinse": 1, "steps": 50}
+
+    def __init__(
+        self,
+        pipeline: str = "stabilityai/stable-diffusion-2-1-base",
+        rinse: int = 1,
+        steps: int = 50,
+        **params: Any,
+    ) -> None:
+        super().__init__(**params)
+        self.params = {
+            "pipeline": str(pipeline),
+            "rinse": _int_param(self.name, "rinse", rinse, 1),
+            "steps": _int_param(self.name, "steps", steps, 1),
+        }
+
+    def _load(self) -> None:
+        if "unet" in self._mods:
+            return
+        who, pid = self.name, self.params["pipeline"]
+        diffusers = _diffusers(who)
+        vae = load_autoencoder(who, pid, "vae", what="pipeline", param="pipeline")
+        kw: dict[str, Any] = {"local_files_only": True}
+        try:
+            with _hub_quiet():
+                sched = diffusers.DDIMScheduler.from_pretrained(pid, subfolder="scheduler", **kw)
+                unet = diffusers.UNet2DConditionModel.from_pretrained(
+                    pid, subfolder="unet", low_cpu_mem_usage=False, **kw
+                )
+        except (OSError, ValueError) as e:
+            raise SkipCell(missing_hf_message(who, "pipeline", pid, e, "pipeline")) from None
+        cond = None
+        if getattr(unet.config, "cross_attention_dim", None):
+            try:
+                from transformers import CLIPTextModel, CLIPTokenizer
+            except ImportError:
+                raise SkipCell(
+                    f"attack {who!r}: pipeline {pid!r} is text-conditioned; its text encoder needs the "
+                    f"transformers package: pip install transformers"
+                ) from None
+            try:
+                with _hub_quiet():
+                    tok = CLIPTokenizer.from_pretrained(pid, subfolder="tokenizer", **kw)
+                    enc = CLIPTextModel.from_pretrained(pid, subfolder="text_encoder", **kw).eval()
+            except (OSError, ValueError) as e:
+                raise SkipCell(
+                    missing_hf_message(who, "pipeline text encoder of", pid, e, "pipeline")
+                ) from None
+            ids = tok(
+                "", padding="max_length", max_length=tok.model_max_length, return_tensors="pt"
+            ).input_ids
+            with torch.no_grad():
+                cond = enc(ids)[0]  # 1 L d: the empty prompt, no classifier-free guidance
+        self._mods.update(vae=vae, unet=unet.eval().requires_grad_(False), scheduler=sched, cond=cond)
+
+    def _denoiser(self, device: torch.device) -> Any:
+        unet, cond = self._mods["unet"].to(device), self._mods.get("cond")
+        if cond is None:
+            return lambda z, t: unet(z, t).sample
+        c = cond.to(device)
+        return lambda z, t: unet(z, t, encoder_hidden_states=c.expand(z.shape[0], -1, -1)).sample
+
+    def apply(
+        self,
+        x: Tensor,
+        strength: float,
+        *,
+        gen: torch.Generator,
+        method: Method | None = None,
+        cover: Tensor | None = None,
+    ) -> Tensor:
+        sched = self._mods.get("scheduler")
+        T = int(sched.config.num_train_timesteps) if sched is not None else 1000
+        t = _integer_strength(self.name, strength, 0, T - 1, "noise step")
+        self._load()
+        sched = self._mods["scheduler"]
+        vae = self._mods["vae"].to(x.device)
+        denoise = self._denoiser(x.device)
+        pred = str(getattr(sched.config, "prediction_type", "epsilon"))
+        y = x.detach().float()
+        with torch.no_grad():
+            for _ in range(self.params["rinse"]):
+                y = ddim_regenerate(vae, denoise, sched.alphas_cumprod, pred, y, t, self.params["steps"], gen)
+        return y.to(x.dtype)
