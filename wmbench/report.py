@@ -221,6 +221,28 @@ def _merge_runs(runs: list[Path]) -> tuple[pd.DataFrame, list[dict]]:
     return df, mans
 
 
+def _problem_lines(mans: list[dict]) -> list[str]:
+    """Errors one per line; skipped cells grouped per suite × attack (one reason shown, the rest counted)."""
+    lines = []
+    for m in mans:
+        suite = m.get("suite_name")
+        for e in m.get("errors", []):
+            lines.append(
+                f"error — {suite}: {e.get('method')} × {e.get('attack')} {e.get('strength')}: {e.get('error')}"
+            )
+        groups: dict[str, list[dict]] = {}
+        for sk in m.get("skipped_cells", []):
+            groups.setdefault(str(sk.get("attack")), []).append(sk)
+        for attack, items in groups.items():
+            methods = sorted({str(i.get("method")) for i in items})
+            strengths = sorted({i.get("strength") for i in items if i.get("strength") is not None})
+            lines.append(
+                f"skipped — {suite}: {attack} ({len(items)} cells: methods {', '.join(methods)}; strengths "
+                f"{', '.join(f'{v:g}' for v in strengths)}): {items[0].get('reason')}"
+            )
+    return lines
+
+
 def build_report(runs: list[Path], out: Path) -> dict[str, Path]:
     """Write report.md, report.html and the PNG plots into ``out``; returns their paths."""
     from wmbench import plots
@@ -325,14 +347,11 @@ def build_report(runs: list[Path], out: Path) -> dict[str, Path]:
     for method, p in grids:
         md += [f"![{method}]({p.name})", ""]
         ht += [_img_tag(p, method)]
-    problems = [
-        (m.get("suite_name"), e) for m in mans for e in m.get("errors", []) + m.get("skipped_cells", [])
-    ]
-    if problems:
+    lines = _problem_lines(mans)
+    if lines:
         md += ["## Errors and skipped cells", ""]
         ht += ["<h2>Errors and skipped cells</h2><ul>"]
-        for suite, e in problems:
-            line = f"{suite}: {e.get('method')} × {e.get('attack')}: {e.get('error') or e.get('reason')}"
+        for line in lines:
             md.append(f"- {line}")
             ht.append(f"<li>{html.escape(line)}</li>")
         ht.append("</ul>")

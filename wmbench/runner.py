@@ -133,6 +133,7 @@ class Runner:
         self.timings: dict[str, float] = {}
         self.errors: list[dict] = []
         self.skipped: list[dict] = []
+        self._skip_said: set[str] = set()
 
     # ------------------------------------------------------------------ bookkeeping
     def _tick(self, key: str, dt: float) -> None:
@@ -484,7 +485,15 @@ class Runner:
 
     def _skip(self, method: str, attack: str, strength: float | None, why: str) -> None:
         self.skipped.append({"method": method, "attack": attack, "strength": strength, "reason": why})
-        self.console.print(f"[yellow]skipped {method} × {attack}: {why}")
+        if why not in self._skip_said:  # say each reason once; the manifest keeps every skipped cell
+            self._skip_said.add(why)
+            self.console.print(f"[yellow]skipped {method} × {attack}: {why}", highlight=False)
+        else:
+            self.console.print(
+                f"[yellow]skipped {method} × {attack} {strength if strength is not None else ''}"
+                " (same reason as above)",
+                highlight=False,
+            )
 
 
 def _sync(device: torch.device) -> None:
