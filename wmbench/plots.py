@@ -39,7 +39,10 @@ def curves(df: pd.DataFrame, path: Path, metric: str = "bit_acc") -> Path | None
             ax.invert_xaxis()  # e.g. JPEG quality: weaker -> stronger reads left -> right
         ax.set_title(atk, fontsize=9)
         ax.set_xlabel(g["unit"].iloc[0], fontsize=8)
-        ax.set_ylim(0.4 if metric == "bit_acc" else -0.02, 1.02)
+        low = float(g.groupby(["method", "strength"])[metric].mean().min()) if len(g) else 0.4
+        ax.set_ylim(
+            min(0.4, low - 0.05) if metric == "bit_acc" else -0.02, 1.02
+        )  # inverted reads stay visible
         ax.axhline(0.5 if metric == "bit_acc" else 0.0, color="grey", lw=0.6, ls=":")
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
