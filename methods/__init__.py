@@ -3,5 +3,6 @@
 BUILTIN: dict[str, str] = {
     "dwtdct": "wmbench.methods.classic:DwtDct",
     "dwtdctsvd": "wmbench.methods.classic:DwtDctSvd",
+    "hidden": "wmbench.methods.hidden:Hidden",
     "rivagan": "wmbench.methods.rivagan:RivaGan",
 }

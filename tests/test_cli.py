@@ -80,3 +80,13 @@ def test_run_smoke_quick_profile_end_to_end(tmp_path, monkeypatch):
     assert len(df) == 2 * 3 * (1 + 9)  # images × methods × (clean + identity + 8 attack cells)
     assert set(df.method) == {"dwtdct", "dwtdctsvd", "rivagan"}
     assert (run / "report.html").is_file() and "run folder" in r.output
+
+
+def test_train_tiny_through_cli(tmp_path):
+    r = runner.invoke(
+        app, ["train", "tiny", "--out", str(tmp_path / "t"), "--max-steps", "3", "--device", "cpu"]
+    )
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "t" / "tiny.safetensors").is_file() and (tmp_path / "t" / "tiny.json").is_file()
+    r = runner.invoke(app, ["train", "nonexistent_config"])
+    assert r.exit_code == 2

@@ -333,5 +333,33 @@ def compare(
     raise typer.Exit(1 if res.regressed else 0)
 
 
+@app.command()
+def train(
+    config: Annotated[
+        str, typer.Argument(help="training config: a YAML file or a packaged name (hidden, tiny)")
+    ],
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="output folder (default results/train/<config name>)")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the folder's checkpoint")] = False,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda …")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(help="stop at this step (checkpoint + card marked incomplete)")
+    ] = None,
+) -> None:
+    """Train a learned model (seeded, resumable); writes <name>.safetensors + a card, a JSONL log, checkpoints."""
+    from wmbench.train import train as do_train
+
+    target = out_dir or Path("results") / "train" / Path(config).stem
+    try:
+        weights = do_train(config, target, resume=resume, device=device, max_steps=max_steps)
+    except WmbenchError as e:
+        raise _fail(e) from None
+    except KeyboardInterrupt:
+        err.print(f"[yellow]interrupted: resume with `wmbench train {config} --out {target} --resume`")
+        raise typer.Exit(130) from None
+    out.print(f"weights: {weights}  card: {weights.with_suffix('.json')}", soft_wrap=True)
+
+
 if __name__ == "__main__":
     app()
