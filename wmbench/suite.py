@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from wmbench.api import Attack, Method, WmbenchError
 from wmbench.registry import attacks as attack_registry
 from wmbench.registry import methods as method_registry
+from wmbench.validation import format_validation_error
 
 
 class _Strict(BaseModel):
@@ -149,44 +150,6 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     return _deep_merge(merged, data)
 
 
-def _loc(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def _model_fields(loc: tuple) -> list[str]:
-    model: Any = Suite
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        ann = model.model_fields.get(part) if hasattr(model, "model_fields") else None
-        if ann is None:
-            return []
-        t = ann.annotation
-        for cand in (t, *getattr(t, "__args__", ())):
-            for inner in (cand, *getattr(cand, "__args__", ())):
-                if isinstance(inner, type) and issubclass(inner, BaseModel):
-                    model = inner
-                    break
-    return list(getattr(model, "model_fields", {}))
-
-
-def format_validation_error(path: Path | str, err: ValidationError) -> str:
-    lines = [f"{path}: invalid suite:"]
-    for e in err.errors():
-        where = _loc(tuple(e["loc"]))
-        if e["type"] == "extra_forbidden":
-            key = e["loc"][-1]
-            close = difflib.get_close_matches(str(key), _model_fields(tuple(e["loc"])), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            lines.append(f"  {where}: unknown key{hint}")
-        else:
-            lines.append(f"  {where}: {e['msg']}")
-    return "\n".join(lines)
-
-
 def load_suite(path: str | Path) -> Suite:
     """Read, merge ``extends:``, validate (schema + registered names + params). Raises WmbenchError."""
     path = Path(path)
@@ -194,7 +157,7 @@ def load_suite(path: str | Path) -> Suite:
     try:
         suite = Suite.model_validate(data)
     except ValidationError as e:
-        raise WmbenchError(format_validation_error(path, e)) from None
+        raise WmbenchError(format_validation_error(path, e, Suite, "suite")) from None
     if suite.images.source == "folder" and suite.images.path:
         p = Path(suite.images.path).expanduser()
         suite.images.path = str(p if p.is_absolute() else (path.resolve().parent / p).resolve())

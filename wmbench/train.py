@@ -47,6 +47,7 @@ from torch import Tensor
 from wmbench.api import Attack, WmbenchError, quantize_8bit
 from wmbench.registry import attacks as attack_registry
 from wmbench.registry import methods as method_registry
+from wmbench.validation import format_validation_error
 
 CONFIGS_PACKAGE = "wmbench.configs"
 CHECKPOINT = "checkpoint.pt"
@@ -173,45 +174,6 @@ class TrainConfig(_Strict):
 
 
 # ----------------------------------------------------------------------------------------------- loading
-def _loc(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def _fields_at(loc: tuple) -> list[str]:
-    """Field names of the model that holds the last key of ``loc`` (for did-you-mean hints)."""
-    model: Any = TrainConfig
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        nxt = None
-        for cand in (field.annotation, *getattr(field.annotation, "__args__", ())):
-            for inner in (cand, *getattr(cand, "__args__", ())):
-                if isinstance(inner, type) and issubclass(inner, BaseModel):
-                    nxt = inner
-        if nxt is None:
-            return []
-        model = nxt
-    return list(getattr(model, "model_fields", {}))
-
-
-def _format_errors(path: Path, err: ValidationError) -> str:
-    lines = [f"{path}: invalid training config:"]
-    for e in err.errors():
-        where = _loc(tuple(e["loc"]))
-        if e["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(str(e["loc"][-1]), _fields_at(tuple(e["loc"])), n=1)
-            lines.append(f"  {where}: unknown key" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        else:
-            lines.append(f"  {where}: {e['msg']}")
-    return "\n".join(lines)
-
-
 def packaged_configs() -> list[str]:
     """Names of the training configs shipped in ``wmbench/configs`` (``train(NAME, ...)`` accepts them)."""
     root = importlib.resources.files(CONFIGS_PACKAGE)
@@ -244,7 +206,7 @@ def load_train_config(config: str | Path) -> tuple[Path, TrainConfig]:
     try:
         cfg = TrainConfig.model_validate(data)
     except ValidationError as e:
-        raise WmbenchError(_format_errors(path, e)) from None
+        raise WmbenchError(format_validation_error(path, e, TrainConfig, "training config")) from None
     if cfg.data.source == "folder" and cfg.data.path:
         p = Path(cfg.data.path).expanduser()
         cfg.data.path = str(p if p.is_absolute() else (path.parent / p).resolve())
