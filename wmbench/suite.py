@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from wmbench.api import Attack, Method, WmbenchError
 from wmbench.registry import attacks as attack_registry
 from wmbench.registry import methods as method_registry
-from wmbench.validation import format_validation_error
+from wmbench.validation import format_validation_error, read_yaml_mapping
 
 
 class _Strict(BaseModel):
@@ -135,12 +134,7 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
         raise WmbenchError(f"{path}: 'extends' loops back to itself ({' -> '.join(p.name for p in chain)})")
     if not path.is_file():
         raise WmbenchError(f"suite file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise WmbenchError(f"{path}: not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise WmbenchError(f"{path}: a suite must be a mapping of keys (name, images, methods, attacks…)")
+    data = read_yaml_mapping(path, "a suite must be a mapping of keys (name, images, methods, attacks…)")
     parents = data.pop("extends", None)
     if parents is None:
         return data

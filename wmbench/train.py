@@ -40,14 +40,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import Tensor
 
 from wmbench.api import Attack, WmbenchError, quantize_8bit
 from wmbench.registry import attacks as attack_registry
 from wmbench.registry import methods as method_registry
-from wmbench.validation import format_validation_error
+from wmbench.validation import format_validation_error, read_yaml_mapping
 
 CONFIGS_PACKAGE = "wmbench.configs"
 CHECKPOINT = "checkpoint.pt"
@@ -197,12 +196,7 @@ def resolve_config(config: str | Path) -> Path:
 def load_train_config(config: str | Path) -> tuple[Path, TrainConfig]:
     """Read and validate a config (schema, registered names, params, loss names). Raises WmbenchError."""
     path = resolve_config(config)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise WmbenchError(f"{path}: not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise WmbenchError(f"{path}: a training config must be a mapping (name, model, data, steps, …)")
+    data = read_yaml_mapping(path, "a training config must be a mapping (name, model, data, steps, …)")
     try:
         cfg = TrainConfig.model_validate(data)
     except ValidationError as e:

@@ -9,7 +9,10 @@ import difflib
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ValidationError
+
+from wmbench.api import WmbenchError
 
 
 def key_path(loc: tuple) -> str:
@@ -51,3 +54,14 @@ def format_validation_error(path: Path | str, err: ValidationError, root: type[B
         else:
             lines.append(f"  {where}: {e['msg']}")
     return "\n".join(lines)
+
+
+def read_yaml_mapping(path: Path, what: str) -> dict:
+    """``yaml.safe_load`` a file that must hold a mapping; errors name the file and say what it should be."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        raise WmbenchError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise WmbenchError(f"{path}: {what}")
+    return data
