@@ -5,4 +5,5 @@ BUILTIN: dict[str, str] = {
     "dwtdctsvd": "wmbench.methods.classic:DwtDctSvd",
     "hidden": "wmbench.methods.hidden:Hidden",
     "rivagan": "wmbench.methods.rivagan:RivaGan",
+    "torchscript": "wmbench.methods.torchscript:TorchScript",
 }
