@@ -4,6 +4,8 @@ BUILTIN: dict[str, str] = {
     "identity": "wmbench.attacks.identity:Identity",
     "jpeg": "wmbench.attacks.compression:Jpeg",
     "webp": "wmbench.attacks.compression:WebP",
+    "jpeg_mask": "wmbench.attacks.jpeg_approx:JpegMask",
+    "jpeg_diff": "wmbench.attacks.jpeg_approx:JpegDiff",
     "resize": "wmbench.attacks.geometric:Resize",
     "crop": "wmbench.attacks.geometric:Crop",
     "center_crop": "wmbench.attacks.geometric:CenterCrop",

@@ -133,11 +133,15 @@ class Decoder(nn.Module):
         else:
             self.head = nn.Linear(c, k)
 
-    def forward(self, y: Tensor) -> Tensor:
+    def vector(self, y: Tensor) -> Tensor:
+        """The intermediate vector the linear head reads (END² aligns it).  b 3 h w -> b d"""
         f = self.to_c(self.features(y))  # b c h' w'
         if self.mode == "tiled":
-            return self.head(fold(f, self.q).flatten(1))  # b k
-        return self.head(f.mean(dim=(2, 3)))  # b k
+            return fold(f, self.q).flatten(1)  # b c*q*q
+        return f.mean(dim=(2, 3))  # b c
+
+    def forward(self, y: Tensor) -> Tensor:
+        return self.head(self.vector(y))  # b k
 
 
 class Discriminator(nn.Module):
@@ -160,15 +164,15 @@ def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
-def read_checkpoint_arch(path: Path) -> dict[str, Any]:
+def read_checkpoint_arch(path: Path, method: str = "hidden") -> dict[str, Any]:
     """The architecture params stored in a wmbench safetensors checkpoint's metadata."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
-    if meta.get("wmbench_method") != "hidden" or "params" not in meta:
+    if meta.get("wmbench_method") != method or "params" not in meta:
         raise WmbenchError(
-            f"method 'hidden': {path} is not a hidden checkpoint written by `wmbench train` "
+            f"method {method!r}: {path} is not a {method} checkpoint written by `wmbench train` "
             f"(metadata method={meta.get('wmbench_method')!r})"
         )
     return json.loads(meta["params"])
@@ -201,7 +205,7 @@ class Hidden(TrainableMethod):
         self,
         *,
         checkpoint: str | None = None,
-        weights: str = "hidden",
+        weights: str | None = None,
         init: str | None = None,
         seed: int = 0,
         strength: float = 1.0,
@@ -215,12 +219,13 @@ class Hidden(TrainableMethod):
             (*ARCH_DEFAULTS, "checkpoint", "weights", "init", "seed", "strength", "discriminator"),
         )
         if init not in (None, "random"):
-            raise WmbenchError(f"method 'hidden': init must be 'random' or absent, got {init!r}")
+            raise WmbenchError(f"method {self.name!r}: init must be 'random' or absent, got {init!r}")
         if init == "random" and checkpoint is not None:
-            raise WmbenchError("method 'hidden': give either init: random or a checkpoint, not both")
+            raise WmbenchError(f"method {self.name!r}: give either init: random or a checkpoint, not both")
         self.device = torch.device("cpu")
         self.init, self.seed, self.strength = init, int(seed), float(strength)
         self.use_disc = bool(discriminator)
+        weights = weights or self.name
         self.weights_name = weights
         self.ckpt_path: Path | None = None
         stored: dict[str, Any] = {}
@@ -228,17 +233,17 @@ class Hidden(TrainableMethod):
             if checkpoint is not None:
                 self.ckpt_path = Path(checkpoint).expanduser()
                 if not self.ckpt_path.is_file():
-                    raise WmbenchError(f"method 'hidden': params.checkpoint not found: {self.ckpt_path}")
+                    raise WmbenchError(f"method {self.name!r}: params.checkpoint not found: {self.ckpt_path}")
             else:
                 shipped = importlib.resources.files(WEIGHTS_PACKAGE) / f"{weights}.safetensors"
                 if shipped.is_file():
                     self.ckpt_path = Path(str(shipped))
             if self.ckpt_path is not None:
-                stored = read_checkpoint_arch(self.ckpt_path)
+                stored = read_checkpoint_arch(self.ckpt_path, self.name)
         for k, v in arch_given.items():
             if k in stored and stored[k] != v:
                 raise WmbenchError(
-                    f"method 'hidden': param {k}={v!r} disagrees with the checkpoint {self.ckpt_path} "
+                    f"method {self.name!r}: param {k}={v!r} disagrees with the checkpoint {self.ckpt_path} "
                     f"({k}={stored[k]!r}); drop the param or use a matching checkpoint"
                 )
         self.arch: dict[str, Any] = {**ARCH_DEFAULTS, **stored, **arch_given}
@@ -247,7 +252,7 @@ class Hidden(TrainableMethod):
         self.params = {
             **arch_given,
             **({"checkpoint": checkpoint} if checkpoint is not None else {}),
-            **({"weights": weights} if weights != "hidden" else {}),
+            **({"weights": weights} if weights != self.name else {}),
             **({"init": init, "seed": self.seed} if init else {}),
             **({"strength": self.strength} if self.strength != 1.0 else {}),
             **({"discriminator": True} if self.use_disc else {}),
@@ -262,25 +267,25 @@ class Hidden(TrainableMethod):
         a = self.arch
         for k in ("nbits", "width", "enc_depth", "dec_depth", "period", "map_channels", "dec_channels"):
             if isinstance(a[k], bool) or not isinstance(a[k], int) or a[k] < 1:
-                raise WmbenchError(f"method 'hidden': {k} must be a positive integer, got {a[k]!r}")
+                raise WmbenchError(f"method {self.name!r}: {k} must be a positive integer, got {a[k]!r}")
         if a["message"] not in MESSAGE_MODES:
             raise WmbenchError(
-                f"method 'hidden': message must be one of {MESSAGE_MODES}, got {a['message']!r}"
+                f"method {self.name!r}: message must be one of {MESSAGE_MODES}, got {a['message']!r}"
             )
         ds = a["dec_downsample"]
         if isinstance(ds, bool) or not isinstance(ds, int) or not 0 <= ds <= a["dec_depth"]:
             raise WmbenchError(
-                f"method 'hidden': dec_downsample must be an integer in [0, dec_depth], got {ds!r}"
+                f"method {self.name!r}: dec_downsample must be an integer in [0, dec_depth], got {ds!r}"
             )
         if a["message"] == "tiled" and a["period"] % 2**ds:
             raise WmbenchError(
-                f"method 'hidden': period {a['period']} must be divisible by 2**dec_downsample = {2**ds}"
+                f"method {self.name!r}: period {a['period']} must be divisible by 2**dec_downsample = {2**ds}"
             )
         ws = a["work_size"]
         if ws is not None and (isinstance(ws, bool) or not isinstance(ws, int) or ws < 8):
-            raise WmbenchError(f"method 'hidden': work_size must be null or an integer >= 8, got {ws!r}")
+            raise WmbenchError(f"method {self.name!r}: work_size must be null or an integer >= 8, got {ws!r}")
         if not self.strength > 0:
-            raise WmbenchError(f"method 'hidden': strength must be > 0, got {self.strength}")
+            raise WmbenchError(f"method {self.name!r}: strength must be > 0, got {self.strength}")
 
     @classmethod
     def tiny_params(cls) -> dict[str, Any]:
@@ -308,24 +313,24 @@ class Hidden(TrainableMethod):
         self.device = torch.device(device)
         if self.init is None and self.ckpt_path is None:
             raise SkipCell(
-                f"method 'hidden': no weights: no params.checkpoint given and the shipped file "
+                f"method {self.name!r}: no weights: no params.checkpoint given and the shipped file "
                 f"{WEIGHTS_PACKAGE}/{self.weights_name}.safetensors is not installed. Train one with "
-                "`wmbench train hidden` (config wmbench/configs/hidden.yaml), then pass "
-                "params: {checkpoint: <out dir>/hidden.safetensors}"
+                f"`wmbench train {self.name}` (config wmbench/configs/{self.name}.yaml), then pass "
+                f"params: {{checkpoint: <out dir>/{self.name}.safetensors}}"
             )
         self._build()
         if self.ckpt_path is not None:
             from safetensors.torch import load_file
 
             sd = load_file(str(self.ckpt_path))
-            for prefix, net in (("encoder.", self.enc), ("decoder.", self.dec)):
-                assert net is not None
+            for name, net in self._weight_nets().items():
+                prefix = f"{name}."
                 part = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
                 try:
                     net.load_state_dict(part)
                 except RuntimeError as e:
                     raise WmbenchError(
-                        f"method 'hidden': {self.ckpt_path} does not fit the architecture: {e}"
+                        f"method {self.name!r}: {self.ckpt_path} does not fit the architecture: {e}"
                     ) from e
         for net in self._nets():
             net.to(self.device).eval().requires_grad_(False)
@@ -336,12 +341,20 @@ class Hidden(TrainableMethod):
             )
         ).hexdigest()[:16]
 
+    #: attributes holding nets whose state a training checkpoint keeps
+    _state_attrs: ClassVar[tuple[str, ...]] = ("enc", "dec", "disc")
+
+    def _weight_nets(self) -> dict[str, nn.Module]:
+        """The nets a checkpoint holds, by key prefix (the discriminator is training-only)."""
+        enc, dec = self._ready()
+        return {"encoder": enc, "decoder": dec}
+
     def _nets(self) -> list[nn.Module]:
-        return [n for n in (self.enc, self.dec, self.disc) if n is not None]
+        return [n for a in self._state_attrs if (n := getattr(self, a, None)) is not None]
 
     def _ready(self) -> tuple[Encoder, Decoder]:
         if self.enc is None or self.dec is None:
-            raise WmbenchError("method 'hidden': call setup(device) before embed/extract")
+            raise WmbenchError(f"method {self.name!r}: call setup(device) before embed/extract")
         return self.enc, self.dec
 
     def weights_hash(self) -> str:
@@ -349,9 +362,7 @@ class Hidden(TrainableMethod):
 
     def export_weights(self) -> dict[str, Tensor]:
         """Encoder + decoder weights (the discriminator is training-only), for safetensors."""
-        enc, dec = self._ready()
-        out = {f"encoder.{k}": v for k, v in enc.state_dict().items()}
-        out.update({f"decoder.{k}": v for k, v in dec.state_dict().items()})
+        out = {f"{n}.{k}": v for n, net in self._weight_nets().items() for k, v in net.state_dict().items()}
         return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
     def architecture(self) -> dict[str, Any]:
@@ -393,10 +404,9 @@ class Hidden(TrainableMethod):
     # ------------------------------------------------------------------------------------------ training
     def begin_training(self, *, lr: float, gen: torch.Generator) -> None:
         """Make the nets trainable and build the optimisers; ``gen`` (CPU) draws the training messages."""
-        enc, dec = self._ready()
         for n in self._nets():
             n.requires_grad_(True)
-        opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=lr)
+        opt = torch.optim.Adam([p for n in self._weight_nets().values() for p in n.parameters()], lr=lr)
         opt_d = torch.optim.Adam(self.disc.parameters(), lr=lr) if self.disc is not None else None
         self._train = {"opt": opt, "opt_d": opt_d, "gen": gen, "w": dict(self.loss_weights)}
 
@@ -411,7 +421,7 @@ class Hidden(TrainableMethod):
 
     def _tstate(self) -> dict[str, Any]:
         if self._train is None:
-            raise WmbenchError("method 'hidden': call begin_training() before training")
+            raise WmbenchError(f"method {self.name!r}: call begin_training() before training")
         return self._train
 
     def training_state(self) -> dict[str, Any]:
@@ -419,9 +429,7 @@ class Hidden(TrainableMethod):
         t = self._tstate()
         return {
             "nets": {
-                n: getattr(self, n).state_dict()
-                for n in ("enc", "dec", "disc")
-                if getattr(self, n) is not None
+                n: getattr(self, n).state_dict() for n in self._state_attrs if getattr(self, n) is not None
             },
             "opt": t["opt"].state_dict(),
             "opt_d": t["opt_d"].state_dict() if t["opt_d"] is not None else None,

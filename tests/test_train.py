@@ -142,6 +142,20 @@ def test_max_steps_then_resume(tiny_run: Path, tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_quality_target_steers_the_image_weight_and_resumes_exactly(tmp_path: Path) -> None:
+    qt = {"psnr": 60.0, "rate": 0.005}  # unreachable: the weight must rise every step after the warm-up
+    cfg = _config(tmp_path, steps=10, log_every=1, checkpoint_every=5, quality_target=qt)
+    train(cfg, tmp_path / "a")
+    rows = _rows(tmp_path / "a")
+    w = [r["w_image"] for r in rows]
+    warm = yaml.safe_load(TINY.read_text())["warmup"]
+    after = w[warm["steps"] + warm["ramp_steps"] :]
+    assert len(after) >= 2 and all(b > a for a, b in zip(after, after[1:], strict=False)), w
+    train(cfg, tmp_path / "b", max_steps=5)
+    train(cfg, tmp_path / "b", resume=True)
+    assert _rows(tmp_path / "b") == rows
+
+
 def test_resume_refuses_a_changed_config(tmp_path: Path) -> None:
     out = tmp_path / "out"
     train(_config(tmp_path, steps=2, checkpoint_every=2), out)
@@ -170,6 +184,9 @@ def test_resume_refuses_a_changed_config(tmp_path: Path) -> None:
         ({"model": {"name": "hiden"}}, r"model\.name: unknown method 'hiden'"),
         ({"model": {"name": "dwtdct"}}, r"model\.name: method 'dwtdct' is not trainable"),
         ({"model": {"name": "hidden", "params": {"seed": 3}}}, r"model\.params\.seed: set by the trainer"),
+        ({"model": {"kind": "attack", "name": "jpeg"}}, r"model\.name: attack 'jpeg' is not trainable"),
+        ({"model": {"kind": "attack", "name": "hidden"}}, r"model\.name: unknown attack 'hidden'"),
+        ({"quality_target": {"psnr": 30, "loss": "imag"}}, r"quality_target\.loss\.imag: unknown loss"),
     ],
 )
 def test_config_errors_name_file_and_key(tmp_path: Path, change: dict[str, Any], where: str) -> None:

@@ -20,6 +20,11 @@ Hooks a trainable model provides besides ``TrainableMethod.train_step`` (see ``m
 ``loss_weights`` (class dict: loss name -> default weight), ``begin_training(lr=, gen=)``,
 ``set_schedule(lr=, loss_weights=)``, ``training_state()`` / ``load_training_state(state)`` (torch.save-able:
 tensors, numbers, dicts), ``export_weights() -> dict[str, Tensor]`` and ``architecture() -> dict``.
+Attack models (``model.kind: attack``, e.g. a regeneration autoencoder) come from the attack registry and also
+provide ``evaluate_model(images uint8 n 3 h w, batch_size) -> dict`` (what their card reports, e.g. PSNR, bpp)
+and optionally ``eval_description``; ``train_stats`` (class tuple) names the stats ``train_step`` reports.
+
+``quality_target`` steers the image-loss weight to a training PSNR (see ``QualityTarget``).
 """
 
 from __future__ import annotations
@@ -74,7 +79,7 @@ class _Strict(BaseModel):
 class ModelSpec(_Strict):
     """The model to train: a registered name, its params, and optionally a checkpoint to start from."""
 
-    kind: Literal["method"] = "method"
+    kind: Literal["method", "attack"] = "method"
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
     init_from: str | None = None
@@ -132,6 +137,22 @@ class NoiseSpec(_Strict):
     layers: list[NoiseLayerSpec] = Field(default_factory=list)
 
 
+class QualityTarget(_Strict):
+    """Steer one loss weight (default ``image``) so that the training PSNR settles at ``psnr`` dB.
+
+    Why: the weight that gives a wanted PSNR depends on the noise pool, the net and the data, and a fixed weight
+    either leaves the image visibly marked or starves the message (REFERENCE §1).  Each step after the warm-up,
+    ``log w += rate * (psnr - batch_psnr)`` (clamped to [``min_weight``, ``max_weight``]): a dual-ascent step on
+    the constraint PSNR ≥ target.  The weight is part of the resumable state.
+    """
+
+    psnr: float = Field(gt=0, le=100)
+    loss: str = "image"
+    rate: float = Field(default=0.01, gt=0, le=1)
+    min_weight: float = Field(default=1e-3, gt=0)
+    max_weight: float = Field(default=1e4, gt=0)
+
+
 class EvalSpec(_Strict):
     """Clean bit accuracy and PSNR of 8-bit watermarked images (the card uses ``count``; every ``every`` steps
     the log gets the same on the first ``every_count`` images; 0 = only at the end)."""
@@ -159,6 +180,7 @@ class TrainConfig(_Strict):
     lr_gamma: float = Field(default=0.1, gt=0)
     loss_weights: dict[str, float] = Field(default_factory=dict)
     warmup: WarmupSpec = Field(default_factory=WarmupSpec)
+    quality_target: QualityTarget | None = None
     noise: NoiseSpec = Field(default_factory=NoiseSpec)
     log_every: int = Field(default=50, ge=1)
     checkpoint_every: int = Field(default=500, ge=1)
@@ -211,15 +233,22 @@ def load_train_config(config: str | Path) -> tuple[Path, TrainConfig]:
     return path, cfg
 
 
+def _model_registry(cfg: TrainConfig) -> Any:
+    return method_registry() if cfg.model.kind == "method" else attack_registry()
+
+
 def _check_names(path: Path, cfg: TrainConfig) -> None:
-    mreg = method_registry()
+    mreg = _model_registry(cfg)
     if cfg.model.name not in mreg:
         raise WmbenchError(f"{path}: model.name: {mreg.unknown_message(cfg.model.name)}")
     cls = mreg.get(cfg.model.name)
     missing = [h for h in HOOKS if not hasattr(cls, h)]
+    if cfg.model.kind == "attack" and not hasattr(cls, "evaluate_model"):
+        missing.append("evaluate_model")
     if missing:
         raise WmbenchError(
-            f"{path}: model.name: method {cfg.model.name!r} is not trainable (lacks {', '.join(missing)})"
+            f"{path}: model.name: {cfg.model.kind} {cfg.model.name!r} is not trainable "
+            f"(lacks {', '.join(missing)})"
         )
     for k in ("init", "seed", "checkpoint"):
         if k in cfg.model.params:
@@ -228,7 +257,12 @@ def _check_names(path: Path, cfg: TrainConfig) -> None:
                 "model.init_from)"
             )
     known = list(cls.loss_weights)
-    for where, keys in (("loss_weights", cfg.loss_weights), ("warmup.scale", cfg.warmup.scale)):
+    qt = {cfg.quality_target.loss: 0} if cfg.quality_target else {}
+    for where, keys in (
+        ("loss_weights", cfg.loss_weights),
+        ("warmup.scale", cfg.warmup.scale),
+        ("quality_target.loss", qt),
+    ):
         for k in keys:
             if k not in known:
                 close = difflib.get_close_matches(k, known, n=1)
@@ -424,6 +458,25 @@ def evaluate(model: Any, images: Tensor, batch_size: int, seed: int = 0) -> dict
     }
 
 
+def _evaluate(model: Any, images: Tensor, batch_size: int) -> dict[str, Any]:
+    """The model's own evaluation (attack models: ``evaluate_model``), else clean bit accuracy and PSNR."""
+    if hasattr(model, "evaluate_model"):
+        return dict(model.evaluate_model(images, batch_size))
+    return evaluate(model, images, batch_size)
+
+
+def _probe_stats_keys(model: Any) -> set[str]:
+    """Stat names a model's train_step reports (its ``train_stats`` class attribute; psnr assumed if absent)."""
+    return set(getattr(model, "train_stats", ("psnr",)))
+
+
+def _quality_step(qt: QualityTarget, qlog: float, base: float, stats: dict[str, float]) -> float:
+    """One dual-ascent step on the quality-target weight's log multiplier (clamped to its bounds)."""
+    qlog += qt.rate * (qt.psnr - stats["psnr"])
+    lo, hi = math.log(qt.min_weight / base), math.log(qt.max_weight / base)
+    return min(max(qlog, lo), hi)
+
+
 def _save_atomic(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -445,7 +498,7 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 def _build_model(cfg: TrainConfig, dev: torch.device) -> Any:
-    cls = method_registry().get(cfg.model.name)
+    cls = _model_registry(cfg).get(cfg.model.name)
     params = dict(cfg.model.params)
     if cfg.model.init_from:
         params["checkpoint"] = cfg.model.init_from
@@ -513,6 +566,7 @@ def train(
     noise = NoisePool(_build_noise(path, cfg), cfg.noise.quantize, gen_noise)
 
     step, elapsed, acc, n_acc = 0, 0.0, {}, 0
+    qlog = 0.0  # log multiplier of the quality-target loss weight (see QualityTarget)
     commands = [_command()]
     if resume and ckpt_path.exists():
         st = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -527,6 +581,7 @@ def train(
         gen_model.set_state(st["gens"]["model"])
         torch.set_rng_state(st["gens"]["torch"])
         step, elapsed, acc, n_acc = st["step"], st["elapsed_s"], st["acc"], st["n_acc"]
+        qlog = float(st.get("qlog", 0.0))
         commands = [*st["commands"], _command()]
         _truncate_log(log_path, step)
     elif log_path.exists():
@@ -534,6 +589,9 @@ def train(
     (out / "config.yaml").write_text(path.read_text())
 
     eval_small = _eval_images(cfg, cfg.eval.every_count)[0] if cfg.eval.every else None
+    qt = cfg.quality_target
+    if qt is not None and "psnr" not in _probe_stats_keys(model):
+        raise WmbenchError(f"{path}: quality_target: model {cfg.model.name!r} reports no 'psnr' per step")
 
     def save_checkpoint() -> None:
         _save_atomic(
@@ -543,6 +601,7 @@ def train(
                 "elapsed_s": elapsed,
                 "acc": acc,
                 "n_acc": n_acc,
+                "qlog": qlog,
                 "commands": commands,
                 "model": model.training_state(),
                 "gens": {
@@ -569,6 +628,8 @@ def train(
         task = bar.add_task("train", total=stop, completed=step, stats="")
         while step < stop:
             lr, weights, p = schedule(cfg, base_w, step)
+            if qt is not None:
+                weights[qt.loss] *= math.exp(qlog)
             model.set_schedule(lr=lr, loss_weights=weights)
             noise.p = p
             stats = model.train_step(_sample(images, cfg, gen_data), noise)
@@ -576,6 +637,8 @@ def train(
                 raise WmbenchError(
                     f"training diverged at step {step + 1}: {stats}; lower lr or check the config"
                 )
+            if qt is not None and step >= cfg.warmup.steps:
+                qlog = _quality_step(qt, qlog, base_w[qt.loss], stats)
             for k, v in stats.items():
                 acc[k] = acc.get(k, 0.0) + v
             n_acc += 1
@@ -597,7 +660,7 @@ def train(
                 )
                 acc, n_acc = {}, 0
             if eval_small is not None and step % cfg.eval.every == 0:
-                ev = evaluate(model, eval_small, cfg.eval.batch_size)
+                ev = _evaluate(model, eval_small, cfg.eval.batch_size)
                 _write_log(log_path, [{"step": step, "kind": "eval", "size": cfg.eval.size, **ev}])
                 t_last = time.perf_counter()  # evaluation time is not training time
             if step % cfg.checkpoint_every == 0 or step == stop:
@@ -642,13 +705,14 @@ def _finish(
     st_path.chmod(0o644)
     t0 = time.perf_counter()
     ev_images, ev_info = _eval_images(cfg, cfg.eval.count)
-    ev = evaluate(model, ev_images, cfg.eval.batch_size)
+    ev = _evaluate(model, ev_images, cfg.eval.batch_size)
     card = {
         "name": cfg.name,
         "method": cfg.model.name,
         "description": cfg.description,
         "architecture": arch,
-        "nbits": int(model.nbits),
+        "kind": cfg.model.kind,
+        **({"nbits": int(model.nbits)} if cfg.model.kind == "method" else {}),
         "train_image_size": cfg.data.crop or cfg.data.size,
         "file": st_path.name,
         "file_sha256": hashlib.sha256(st_path.read_bytes()).hexdigest(),
@@ -670,7 +734,11 @@ def _finish(
         "config_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "config_hash": _config_hash(cfg),
         "eval": {
-            "what": "clean bit accuracy and PSNR (dB) of 8-bit watermarked images, seeded random messages",
+            "what": getattr(
+                model,
+                "eval_description",
+                "clean bit accuracy and PSNR (dB) of 8-bit watermarked images, seeded random messages",
+            ),
             "split": cfg.eval.split,
             "size": cfg.eval.size,
             "images_sha256": ev_info["sha256"],
