@@ -3,6 +3,7 @@
 BUILTIN: dict[str, str] = {
     "dwtdct": "wmbench.methods.classic:DwtDct",
     "dwtdctsvd": "wmbench.methods.classic:DwtDctSvd",
+    "advmark": "wmbench.methods.advmark:AdvMark",
     "end2": "wmbench.methods.end2:End2",
     "hidden": "wmbench.methods.hidden:Hidden",
     "rivagan": "wmbench.methods.rivagan:RivaGan",

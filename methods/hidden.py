@@ -239,7 +239,7 @@ class Hidden(TrainableMethod):
                 if shipped.is_file():
                     self.ckpt_path = Path(str(shipped))
             if self.ckpt_path is not None:
-                stored = read_checkpoint_arch(self.ckpt_path, self.name)
+                stored = self._read_arch(self.ckpt_path)
         for k, v in arch_given.items():
             if k in stored and stored[k] != v:
                 raise WmbenchError(
@@ -262,6 +262,10 @@ class Hidden(TrainableMethod):
         self.disc: Discriminator | None = None
         self._hash = ""
         self._train: dict[str, Any] | None = None
+
+    def _read_arch(self, path: Path) -> dict[str, Any]:
+        """Architecture params from a checkpoint written for this method (subclasses may accept others)."""
+        return read_checkpoint_arch(path, self.name)
 
     def _check_arch(self) -> None:
         a = self.arch
