@@ -90,6 +90,18 @@ def test_rows_are_tidy_and_complete(tmp_path):
     assert (RunStore(tmp_path / "run").manifest_path).is_file()
 
 
+def test_attack_stats_become_columns(tmp_path):
+    """Per-image ``attack.last_stats`` (e.g. compressai's bpp) are kept as ``attack_<name>`` columns."""
+    df = _run(_suite(tmp_path, attacks=[{"name": "test_stat", "strengths": [0.0]}]), tmp_path / "run")
+    cell = df[df.attack == "test_stat"]
+    assert cell.attack_mean_in.notna().all() and "attack_ignored_scalar" not in df
+    assert df[df.attack == "identity"].attack_mean_in.isna().all()
+    wm = df[df.source == "watermarked"]
+    means = {r.image_id: r.attack_mean_in for r in cell.itertuples()}
+    assert len(set(means.values())) == len(means) == 4, "one value per image, not per batch"
+    assert wm.psnr.notna().all()
+
+
 def test_same_seed_same_values_and_cache_reuse(tmp_path):
     p = _suite(tmp_path)
     a = _run(p, tmp_path / "a")

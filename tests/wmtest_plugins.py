@@ -57,7 +57,19 @@ class SlowBlur(Attack):
         return torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
 
 
+class StatBlur(SlowBlur):
+    """A blur that reports a per-image stat (as compressai reports bpp), without sleeping."""
+
+    name = "test_stat"
+
+    def apply(self, x, strength, *, gen, method=None, cover=None):
+        self.last_stats = {"mean_in": x.flatten(1).mean(1), "ignored_scalar": torch.tensor(1.0)}
+        return torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
+
+
 def register() -> None:
+    if "test_stat" not in attacks():
+        attacks().register("test_stat", StatBlur)
     if "test_ss" not in methods():
         methods().register("test_ss", SpreadSpectrum)
     if "test_slow" not in attacks():

@@ -356,6 +356,7 @@ class Runner:
         n, k = msgs.shape
         label = ap.label if ap else CLEAN
         logits_all, psnr_att, t_att, t_ext = [], [], np.zeros(n), np.zeros(n)
+        stats: dict[str, list[torch.Tensor]] = {}  # per-image attack stats (``attack.last_stats``, e.g. bpp)
         try:
             for b, j in enumerate(range(0, n, self.batch)):
                 sl = slice(j, j + self.batch)
@@ -369,9 +370,14 @@ class Runner:
                     atk = ap.attack
                     # adversarial attacks backpropagate through the method; everything else runs without autograd
                     grad_ctx = torch.enable_grad() if atk.needs_method else torch.no_grad()
+                    if hasattr(atk, "last_stats"):
+                        atk.last_stats = {}
                     with grad_ctx:
                         y = atk.apply(x, strength, gen=gen, method=method, cover=cover)
                     y = quantize_8bit(y.detach())
+                    for sk, sv in (getattr(atk, "last_stats", None) or {}).items():
+                        if isinstance(sv, torch.Tensor) and sv.shape == (x.shape[0],):
+                            stats.setdefault(sk, []).append(sv.detach().double().cpu())
                     _sync(self.device)
                 else:
                     y = x
@@ -405,6 +411,9 @@ class Runner:
             return
         t0 = time.perf_counter()
         rows = self._rows(ctx, ap, label, strength, rel, torch.cat(logits_all), psnr_att, t_att, t_ext)
+        for sk, parts in stats.items():  # a stat reported for every batch becomes a column attack_<name>
+            if sum(p.shape[0] for p in parts) == n:
+                rows[f"attack_{sk}"] = torch.cat(parts).numpy()
         self._tick("metrics/bits", time.perf_counter() - t0)
         self.store.write_cell(key, rows)
 
