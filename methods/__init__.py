@@ -6,6 +6,7 @@ BUILTIN: dict[str, str] = {
     "advmark": "wmbench.methods.advmark:AdvMark",
     "end2": "wmbench.methods.end2:End2",
     "hidden": "wmbench.methods.hidden:Hidden",
+    "ismark": "wmbench.methods.ismark:ISMark",
     "rivagan": "wmbench.methods.rivagan:RivaGan",
     "torchscript": "wmbench.methods.torchscript:TorchScript",
 }
