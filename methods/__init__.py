@@ -8,5 +8,6 @@ BUILTIN: dict[str, str] = {
     "hidden": "wmbench.methods.hidden:Hidden",
     "ismark": "wmbench.methods.ismark:ISMark",
     "rivagan": "wmbench.methods.rivagan:RivaGan",
+    "specguard": "wmbench.methods.specguard:SpecGuard",
     "torchscript": "wmbench.methods.torchscript:TorchScript",
 }
