@@ -310,8 +310,8 @@ class AdvMark(Hidden):
         return {
             "loss": float(loss.detach()),
             "message_loss": float(l_msg.detach()),
-            "adversarial_message_loss": float(l_adv),
-            "image_loss": float(l_img),
+            "adversarial_message_loss": float(l_adv.detach()),
+            "image_loss": float(l_img.detach()),
             "bit_acc": clean_acc,
             "adv_bit_acc": float(((logit_a > 0).float() == msg).float().mean()),
             "decoder_updated": float(update_dec),

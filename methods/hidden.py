@@ -53,6 +53,8 @@ ARCH_DEFAULTS: dict[str, Any] = {
     "work_size": None,
 }
 MESSAGE_MODES = ("tiled", "broadcast")
+#: architecture params that only change how the nets are applied (a suite may set them over a checkpoint's)
+INFERENCE_ARCH = ("work_size",)
 
 
 def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -241,7 +243,7 @@ class Hidden(TrainableMethod):
             if self.ckpt_path is not None:
                 stored = self._read_arch(self.ckpt_path)
         for k, v in arch_given.items():
-            if k in stored and stored[k] != v:
+            if k in stored and stored[k] != v and k not in INFERENCE_ARCH:
                 raise WmbenchError(
                     f"method {self.name!r}: param {k}={v!r} disagrees with the checkpoint {self.ckpt_path} "
                     f"({k}={stored[k]!r}); drop the param or use a matching checkpoint"
