@@ -29,4 +29,5 @@ BUILTIN: dict[str, str] = {
     "pgd_remove": "wmbench.attacks.adversarial:PgdRemove",
     "pgd_forge": "wmbench.attacks.adversarial:PgdForge",
     "vae_embedding": "wmbench.attacks.adversarial:VaeEmbedding",
+    "surrogate_transfer": "wmbench.attacks.surrogate:SurrogateTransfer",
 }
