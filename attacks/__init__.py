@@ -26,6 +26,7 @@ BUILTIN: dict[str, str] = {
     "compressai": "wmbench.attacks.regeneration:CompressAI",
     "sd_vae": "wmbench.attacks.regeneration:SdVae",
     "diffusion_regen": "wmbench.attacks.regeneration:DiffusionRegen",
+    "regen_local": "wmbench.attacks.regen_local:RegenLocal",
     "pgd_remove": "wmbench.attacks.adversarial:PgdRemove",
     "pgd_forge": "wmbench.attacks.adversarial:PgdForge",
     "vae_embedding": "wmbench.attacks.adversarial:VaeEmbedding",

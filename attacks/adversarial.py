@@ -4,7 +4,8 @@
                          bit accuracy -> ~0.5, undetectable even by a two-sided test) or to the flipped bits;
     - ``pgd_forge``:     white-box; copies the watermark onto the clean cover: the target is what the method decodes
                          from the watermarked input, PGD starts from ``cover`` and the output is the forged cover;
-    - ``vae_embedding``: no-box (WAVES); pushes the image's latent under a VAE encoder away from the original's.
+    - ``vae_embedding``: no-box (WAVES); pushes the image's latent under a VAE encoder away from the original's
+                         (by default the encoder of the shipped ``regen_local`` codec).
 
 Norms: ``linf`` bounds every pixel change by ε/255; ``l2`` bounds the RMS change by ε/255 (‖δ‖₂ ≤ ε/255·√(3hw)),
 so either way the attacked image keeps PSNR ≥ 20·log10(255/ε) against the attack's start image.
@@ -32,6 +33,8 @@ from wmbench.api import Attack, Method, SkipCell, WmbenchError
 from .regeneration import INJECTED, load_autoencoder, params_label
 
 DEFAULT_EOT: tuple[str, ...] = ("jpeg", "gaussian_blur", "gaussian_noise", "resize")
+#: vae_embedding's default model: the encoder of the shipped regen_local codec (attacks/regen_local.py)
+LOCAL_ENCODER = "regen_local"
 Objective = Callable[[Tensor], Tensor]  # b 3 h w -> b per-sample loss to minimise
 
 
@@ -327,10 +330,11 @@ class PgdForge(_Pgd):
 class VaeEmbedding(Attack):
     """WAVES embedding attack: PGD maximising ‖E(x+δ) − E(x)‖² of a VAE encoder's latent mean (no method needed).
 
-    params: ``model`` (diffusers AutoencoderKL id or local folder; offline only), ``subfolder``, ``norm``,
-    ``steps`` 200, ``step_size`` 0.05 (WAVES: α = 0.05·ε, 200 steps).  It always starts at a random point of the
-    ball (from ``gen``): at δ = 0 the distance's gradient is exactly zero.  ``use_modules(encoder=vae)`` injects an
-    AutoencoderKL (tests; later the locally trained regeneration model's encoder).
+    params: ``model`` ("regen_local", the default: the analysis transform of the shipped ``regen_local`` codec,
+    SkipCell when it is not installed; or a diffusers AutoencoderKL id or local folder, offline only),
+    ``subfolder``, ``norm``, ``steps`` 200, ``step_size`` 0.05 (WAVES: α = 0.05·ε, 200 steps).  It always starts at
+    a random point of the ball (from ``gen``): at δ = 0 the distance's gradient is exactly zero.
+    ``use_modules(encoder=vae)`` injects an AutoencoderKL (tests).
     """
 
     name = "vae_embedding"
@@ -340,7 +344,7 @@ class VaeEmbedding(Attack):
     default_strengths = (2.0, 4.0, 6.0, 8.0)
     strength_range = (0.0, 8.0)
     _defaults = {
-        "model": "stabilityai/sd-vae-ft-mse",
+        "model": LOCAL_ENCODER,
         "subfolder": None,
         "norm": "linf",
         "steps": 200,
@@ -349,7 +353,7 @@ class VaeEmbedding(Attack):
 
     def __init__(
         self,
-        model: str = "stabilityai/sd-vae-ft-mse",
+        model: str = LOCAL_ENCODER,
         subfolder: str | None = None,
         norm: str = "linf",
         steps: int = 200,
@@ -377,6 +381,16 @@ class VaeEmbedding(Attack):
     def label(self) -> str:
         return params_label(self.name, self.params, self._defaults)
 
+    def _load_encoder(self) -> Any:
+        if self.params["model"] != LOCAL_ENCODER:
+            return load_autoencoder(self.name, self.params["model"], self.params["subfolder"])
+        from .regen_local import RegenLocal
+
+        try:
+            return RegenLocal().encoder()
+        except SkipCell as e:
+            raise SkipCell(f"attack {self.name!r} (model: {LOCAL_ENCODER}): {e}") from None
+
     def apply(
         self,
         x: Tensor,
@@ -390,7 +404,7 @@ class VaeEmbedding(Attack):
         if eps == 0 or self.params["steps"] == 0:
             return x.detach()
         if self._encoder is None:
-            self._encoder = load_autoencoder(self.name, self.params["model"], self.params["subfolder"])
+            self._encoder = self._load_encoder()
         enc = self._encoder.to(x.device)
         x0 = x.detach().float()
 
