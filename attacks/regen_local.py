@@ -122,7 +122,7 @@ class RegenLocal(Attack):
 
     name = "regen_local"
     description = "learned factorized-prior codec trained by wmbench (real entropy coding, shipped weights)"
-    unit = "rate knob r: latent quantisation step max_step**r (0 = trained rate, 1 = 8x coarser)"
+    unit = "rate knob r (latent step 8^r; 0 = trained rate)"
     family = "regeneration"
     differentiable = False
     default_strengths = (0.0, 0.5, 1.0)
