@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wmbench.api import Attack, Method, SkipCell, WmbenchError, quantize_8bit
+from wmbench.api import Attack, Method, SkipCell, TrainingHooks, WmbenchError, quantize_8bit
 
 from .regeneration import _pad_to, params_label
 
@@ -112,7 +112,7 @@ def _read_arch(path: Path) -> dict[str, Any]:
     return json.loads(meta["params"])
 
 
-class RegenLocal(Attack):
+class RegenLocal(TrainingHooks, Attack):
     """Learned factorized-prior codec trained by wmbench; see the module docstring.
 
     Params: ``checkpoint`` (path), ``weights`` (shipped file stem, default "regen_local"), ``init`` ("random" for a
@@ -386,17 +386,6 @@ class RegenLocal(Attack):
             "gen": gen,
             "w": dict(self.loss_weights),
         }
-
-    def _tstate(self) -> dict[str, Any]:
-        if self._train is None:
-            raise WmbenchError(f"attack {self.name!r}: call begin_training() before training")
-        return self._train
-
-    def set_schedule(self, *, lr: float, loss_weights: dict[str, float]) -> None:
-        t = self._tstate()
-        for g in t["opt"].param_groups:
-            g["lr"] = lr
-        t["w"] = {**self.loss_weights, **loss_weights}
 
     def training_state(self) -> dict[str, Any]:
         t = self._tstate()

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wmbench.api import Attack, Method, SkipCell, WmbenchError, quantize_8bit
+from wmbench.api import Attack, Method, SkipCell, TrainingHooks, WmbenchError, quantize_8bit
 
 from .adversarial import _choice, _eps, _num, pgd
 from .regeneration import params_label
@@ -103,7 +103,7 @@ def _auc(neg: Tensor, pos: Tensor) -> float:
     return float(((d > 0).double() + 0.5 * (d == 0).double()).mean())
 
 
-class SurrogateTransfer(Attack):
+class SurrogateTransfer(TrainingHooks, Attack):
     """PGD on a trained watermarked-vs-clean surrogate classifier, transferred to the target; see the module doc.
 
     Params: ``checkpoint`` (path), ``weights`` (shipped stem), ``target`` (method whose shipped surrogate to use;
@@ -426,17 +426,6 @@ class SurrogateTransfer(Attack):
             "clean": None,  # pool: n 3 c c uint8
             "wm": None,
         }
-
-    def _tstate(self) -> dict[str, Any]:
-        if self._train is None:
-            raise WmbenchError(f"attack {self.name!r}: call begin_training() before training")
-        return self._train
-
-    def set_schedule(self, *, lr: float, loss_weights: dict[str, float]) -> None:
-        t = self._tstate()
-        for g in t["opt"].param_groups:
-            g["lr"] = lr
-        t["w"] = {**self.loss_weights, **loss_weights}
 
     def training_state(self) -> dict[str, Any]:
         t = self._tstate()

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wmbench.api import SkipCell, TrainableMethod, WmbenchError
+from wmbench.api import SkipCell, TrainableMethod, TrainingHooks, WmbenchError
 
 from .classic import check_batch, reject_unknown
 
@@ -180,7 +180,7 @@ def read_checkpoint_arch(path: Path, method: str = "hidden") -> dict[str, Any]:
     return json.loads(meta["params"])
 
 
-class Hidden(TrainableMethod):
+class Hidden(TrainingHooks, TrainableMethod):
     """HiDDeN-style learned watermark; see the module docstring for the message paths and weights.
 
     Params: architecture (``nbits`` 30, ``width`` 32, ``enc_depth`` 3, ``dec_depth`` 4, ``message``
@@ -414,20 +414,6 @@ class Hidden(TrainableMethod):
         opt = torch.optim.Adam([p for n in self._weight_nets().values() for p in n.parameters()], lr=lr)
         opt_d = torch.optim.Adam(self.disc.parameters(), lr=lr) if self.disc is not None else None
         self._train = {"opt": opt, "opt_d": opt_d, "gen": gen, "w": dict(self.loss_weights)}
-
-    def set_schedule(self, *, lr: float, loss_weights: dict[str, float]) -> None:
-        """Learning rate and loss weights for the next steps (the trainer's warm-up and decay)."""
-        t = self._tstate()
-        for o in (t["opt"], t["opt_d"]):
-            if o is not None:
-                for g in o.param_groups:
-                    g["lr"] = lr
-        t["w"] = {**self.loss_weights, **loss_weights}
-
-    def _tstate(self) -> dict[str, Any]:
-        if self._train is None:
-            raise WmbenchError(f"method {self.name!r}: call begin_training() before training")
-        return self._train
 
     def training_state(self) -> dict[str, Any]:
         """Nets (with BN statistics) and optimiser states: what a resumed run needs (torch.save-able)."""

@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wmbench.api import Attack, Method, SkipCell, TrainableMethod, WmbenchError
+from wmbench.api import Attack, Method, SkipCell, TrainableMethod, TrainingHooks, WmbenchError
 
 from .classic import check_batch, reject_unknown
 from .hidden import ARCH_DEFAULTS, MESSAGE_MODES, WEIGHTS_PACKAGE, Decoder, _resize
@@ -211,7 +211,7 @@ def _read_meta(path: Path) -> dict[str, str]:
         raise _err(f"cannot read {path} as safetensors: {e}") from None
 
 
-class ISMark(TrainableMethod):
+class ISMark(TrainingHooks, TrainableMethod):
     """ISMark: OPT embedding over a differentiable decoder, and decoder enhancing (module docstring).
 
     Params: ``decoder`` (ismark | hidden | end2; default ismark when wmbench/weights/ismark.safetensors is
@@ -611,17 +611,6 @@ class ISMark(TrainableMethod):
         dec.requires_grad_(True)
         opt = torch.optim.Adam(dec.parameters(), lr=lr)
         self._train = {"opt": opt, "gen": gen, "w": dict(self.loss_weights)}
-
-    def _tstate(self) -> dict[str, Any]:
-        if self._train is None:
-            raise _err("call begin_training() before training")
-        return self._train
-
-    def set_schedule(self, *, lr: float, loss_weights: dict[str, float]) -> None:
-        t = self._tstate()
-        for g in t["opt"].param_groups:
-            g["lr"] = lr
-        t["w"] = {**self.loss_weights, **loss_weights}
 
     def training_state(self) -> dict[str, Any]:
         t = self._tstate()

@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wmbench.api import SkipCell, TrainableMethod, WmbenchError
+from wmbench.api import SkipCell, TrainableMethod, TrainingHooks, WmbenchError
 
 from .classic import check_batch, reject_unknown
 
@@ -268,7 +268,7 @@ def read_checkpoint_arch(path: Path) -> dict[str, Any]:
     return json.loads(meta["params"])
 
 
-class SpecGuard(TrainableMethod):
+class SpecGuard(TrainingHooks, TrainableMethod):
     """SpecGuard-style spectral watermark (Haar DWT band -> DCT via FFT -> masked learned embedding).
 
     Params: architecture (``nbits`` 64, ``band`` HH|LH|HL, ``radius`` 50/128 (fraction of the band side),
@@ -496,23 +496,16 @@ class SpecGuard(TrainableMethod):
             n.requires_grad_(True)
         opt = torch.optim.Adam(
             [
-                {"params": list(enc.parameters()), "lr": lr * self.enc_lr_scale},
+                # lr_scale: TrainingHooks.set_schedule keeps the encoder at that multiple of the schedule's lr
+                {
+                    "params": list(enc.parameters()),
+                    "lr": lr * self.enc_lr_scale,
+                    "lr_scale": self.enc_lr_scale,
+                },
                 {"params": list(dec.parameters()), "lr": lr},
             ]
         )
         self._train = {"opt": opt, "gen": gen, "w": dict(self.loss_weights)}
-
-    def set_schedule(self, *, lr: float, loss_weights: dict[str, float]) -> None:
-        """Learning rate (decoder; the encoder's is scaled) and loss weights for the next steps."""
-        t = self._tstate()
-        enc_g, dec_g = t["opt"].param_groups
-        enc_g["lr"], dec_g["lr"] = lr * self.enc_lr_scale, lr
-        t["w"] = {**self.loss_weights, **loss_weights}
-
-    def _tstate(self) -> dict[str, Any]:
-        if self._train is None:
-            raise WmbenchError("method 'specguard': call begin_training() before training")
-        return self._train
 
     def training_state(self) -> dict[str, Any]:
         """Nets and optimiser state: what a resumed run needs (torch.save-able)."""

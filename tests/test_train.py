@@ -244,3 +244,21 @@ def test_hidden_discriminator_option_trains() -> None:
     after = m.training_state()["nets"]["disc"]
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert not any(k.startswith("disc") for k in m.export_weights()), "the adversary is training-only"
+
+
+def test_training_hooks_schedule_scales_groups_and_needs_begin_training() -> None:
+    from wmbench.api import TrainingHooks
+
+    class Model(TrainingHooks):
+        name = "m"
+        loss_weights = {"message": 1.0, "image": 0.5}
+
+    m = Model()
+    with pytest.raises(WmbenchError, match="call begin_training"):
+        m.set_schedule(lr=1e-3, loss_weights={})
+    a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([{"params": [a], "lr_scale": 10.0}, {"params": [b]}], lr=1.0)
+    m._train = {"opt": opt, "opt_d": None, "w": {}}
+    m.set_schedule(lr=2e-4, loss_weights={"image": 3.0})
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([2e-3, 2e-4])
+    assert m._train["w"] == {"message": 1.0, "image": 3.0}

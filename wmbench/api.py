@@ -87,6 +87,34 @@ class TrainableMethod(Method):
         """One optimisation step on a batch (b 3 h w); ``noise(wm, cover)`` applies a training distortion."""
 
 
+class TrainingHooks:
+    """Shared training plumbing for models ``wmbench train`` fits (methods and attack models alike).
+
+    ``begin_training`` stores ``self._train = {"opt": ..., "opt_d": ... (optional), "gen": ..., "w": ...}``;
+    ``set_schedule`` then sets every param group's lr to ``lr × group.get("lr_scale", 1)`` (a group may carry its
+    own scale, e.g. SpecGuard's encoder) and the loss weights the next steps use.
+    """
+
+    name: ClassVar[str]
+    loss_weights: ClassVar[dict[str, float]] = {}
+    _train: dict[str, Any] | None = None
+
+    def _tstate(self) -> dict[str, Any]:
+        if self._train is None:
+            raise WmbenchError(f"{self.name!r}: call begin_training() before training")
+        return self._train
+
+    def set_schedule(self, *, lr: float, loss_weights: dict[str, float]) -> None:
+        """Learning rate and loss weights for the next steps (the trainer's warm-up, decay and quality target)."""
+        t = self._tstate()
+        for key in ("opt", "opt_d"):
+            opt = t.get(key)
+            if opt is not None:
+                for g in opt.param_groups:
+                    g["lr"] = lr * g.get("lr_scale", 1.0)
+        t["w"] = {**self.loss_weights, **loss_weights}
+
+
 class Attack(ABC):
     """A transformation of watermarked images, parametrised by a scalar ``strength`` in a canonical unit.
 
