@@ -24,11 +24,8 @@ for the trainer (``wmbench train regen_local``, config ``wmbench/configs/regen_l
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
-import json
 import math
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -36,10 +33,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wmbench.api import Attack, Method, SkipCell, TrainingHooks, WmbenchError, quantize_8bit
+from wmbench.checkpoints import WEIGHTS_PACKAGE, check_agrees, locate, read_arch
 
 from .regeneration import _pad_to, params_label
 
-WEIGHTS_PACKAGE = "wmbench.weights"
 DOWNSAMPLE = 16
 #: architecture params (stored in the checkpoint's metadata) and their defaults
 ARCH_DEFAULTS: dict[str, Any] = {"N": 64, "M": 96, "max_step": 8.0}
@@ -99,19 +96,6 @@ def quantize(y: Tensor, medians: Tensor, delta: Tensor | float) -> Tensor:
     return torch.round((y - medians) / delta) * delta + medians
 
 
-def _read_arch(path: Path) -> dict[str, Any]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("wmbench_method") != "regen_local" or "params" not in meta:
-        raise WmbenchError(
-            f"attack 'regen_local': {path} is not a regen_local checkpoint written by `wmbench train` "
-            f"(metadata wmbench_method={meta.get('wmbench_method')!r})"
-        )
-    return json.loads(meta["params"])
-
-
 class RegenLocal(TrainingHooks, Attack):
     """Learned factorized-prior codec trained by wmbench; see the module docstring.
 
@@ -152,25 +136,10 @@ class RegenLocal(TrainingHooks, Attack):
             raise WmbenchError(f"attack {self.name!r}: give either init: random or a checkpoint, not both")
         self.init, self.seed = init, int(seed)
         self.weights_name = weights or self.name
-        self.ckpt_path: Path | None = None
-        stored: dict[str, Any] = {}
-        if init is None:
-            if checkpoint is not None:
-                self.ckpt_path = Path(checkpoint).expanduser()
-                if not self.ckpt_path.is_file():
-                    raise WmbenchError(f"attack {self.name!r}: params.checkpoint not found: {self.ckpt_path}")
-            else:
-                shipped = importlib.resources.files(WEIGHTS_PACKAGE) / f"{self.weights_name}.safetensors"
-                if shipped.is_file():
-                    self.ckpt_path = Path(str(shipped))
-            if self.ckpt_path is not None:
-                stored = _read_arch(self.ckpt_path)
-        for k, v in arch_given.items():
-            if k in stored and stored[k] != v:
-                raise WmbenchError(
-                    f"attack {self.name!r}: param {k}={v!r} disagrees with the checkpoint {self.ckpt_path} "
-                    f"({k}={stored[k]!r}); drop the param or use a matching checkpoint"
-                )
+        who = f"attack {self.name!r}"
+        self.ckpt_path = locate(who, checkpoint, self.weights_name) if init is None else None
+        stored = read_arch(who, self.ckpt_path, ("regen_local",))[1] if self.ckpt_path else {}
+        check_agrees(who, arch_given, stored, self.ckpt_path)
         self.arch: dict[str, Any] = {**ARCH_DEFAULTS, **stored, **arch_given}
         for k in ("N", "M"):
             v = self.arch[k]

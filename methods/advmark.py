@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -34,7 +33,7 @@ from torch import Tensor
 
 from wmbench.api import WmbenchError, quantize_8bit
 
-from .hidden import Hidden, read_checkpoint_arch
+from .hidden import Hidden
 
 DEFAULT_STAGE2_NOISE: tuple[dict[str, Any], ...] = (
     {"name": "identity"},
@@ -156,16 +155,6 @@ class AdvMark(Hidden):
             "steps": 3,
             "noise": [{"name": "identity"}, {"name": "jpeg", "strength": 50}],
         }
-
-    def _read_arch(self, path: Path) -> dict[str, Any]:
-        last: WmbenchError | None = None
-        for m in self.accepts_checkpoints:
-            try:
-                return read_checkpoint_arch(path, m)
-            except WmbenchError as e:
-                last = e
-        assert last is not None
-        raise last
 
     # ------------------------------------------------------------------------------------------ stage 2
     def _noise_layers(self) -> list[tuple[Any, float]]:

@@ -53,6 +53,7 @@ class End2(Hidden):
     description = "END² dual-decoder watermark (teacher/student, real distortions, no gradient through them)"
     loss_weights: ClassVar[dict[str, float]] = {"message": 1.0, "image": 0.7, "student": 1.0, "align": 0.1}
     _state_attrs: ClassVar[tuple[str, ...]] = ("enc", "dec", "dec_s")
+    accepts_checkpoints: ClassVar[tuple[str, ...]] = ("end2",)
 
     def __init__(
         self,

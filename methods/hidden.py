@@ -24,10 +24,7 @@ SkipCell.  ``init: random`` (+ ``seed``) builds a seeded random-init net: only f
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
-import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -35,10 +32,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wmbench.api import SkipCell, TrainableMethod, TrainingHooks, WmbenchError
+from wmbench.checkpoints import WEIGHTS_PACKAGE, check_agrees, locate, read_arch
 
 from .classic import check_batch, reject_unknown
 
-WEIGHTS_PACKAGE = "wmbench.weights"
 #: architecture params (stored in the checkpoint's metadata) and their defaults
 ARCH_DEFAULTS: dict[str, Any] = {
     "nbits": 30,
@@ -166,20 +163,6 @@ def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
-def read_checkpoint_arch(path: Path, method: str = "hidden") -> dict[str, Any]:
-    """The architecture params stored in a wmbench safetensors checkpoint's metadata."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("wmbench_method") != method or "params" not in meta:
-        raise WmbenchError(
-            f"method {method!r}: {path} is not a {method} checkpoint written by `wmbench train` "
-            f"(metadata method={meta.get('wmbench_method')!r})"
-        )
-    return json.loads(meta["params"])
-
-
 class Hidden(TrainingHooks, TrainableMethod):
     """HiDDeN-style learned watermark; see the module docstring for the message paths and weights.
 
@@ -201,6 +184,8 @@ class Hidden(TrainingHooks, TrainableMethod):
     nbits = 30
     #: loss terms train_step weighs; a training config may set any of them (``loss_weights:``)
     loss_weights: ClassVar[dict[str, float]] = {"message": 1.0, "image": 0.7, "adversarial": 1e-3}
+    #: models whose checkpoints this method loads (their ``encoder.`` / ``decoder.`` tensors)
+    accepts_checkpoints: ClassVar[tuple[str, ...]] = ("hidden",)
 
     def __init__(
         self,
@@ -228,25 +213,10 @@ class Hidden(TrainingHooks, TrainableMethod):
         self.use_disc = bool(discriminator)
         weights = weights or self.name
         self.weights_name = weights
-        self.ckpt_path: Path | None = None
-        stored: dict[str, Any] = {}
-        if init is None:
-            if checkpoint is not None:
-                self.ckpt_path = Path(checkpoint).expanduser()
-                if not self.ckpt_path.is_file():
-                    raise WmbenchError(f"method {self.name!r}: params.checkpoint not found: {self.ckpt_path}")
-            else:
-                shipped = importlib.resources.files(WEIGHTS_PACKAGE) / f"{weights}.safetensors"
-                if shipped.is_file():
-                    self.ckpt_path = Path(str(shipped))
-            if self.ckpt_path is not None:
-                stored = self._read_arch(self.ckpt_path)
-        for k, v in arch_given.items():
-            if k in stored and stored[k] != v and k not in INFERENCE_ARCH:
-                raise WmbenchError(
-                    f"method {self.name!r}: param {k}={v!r} disagrees with the checkpoint {self.ckpt_path} "
-                    f"({k}={stored[k]!r}); drop the param or use a matching checkpoint"
-                )
+        who = f"method {self.name!r}"
+        self.ckpt_path = locate(who, checkpoint, weights) if init is None else None
+        stored = read_arch(who, self.ckpt_path, self.accepts_checkpoints)[1] if self.ckpt_path else {}
+        check_agrees(who, arch_given, stored, self.ckpt_path, ignore=INFERENCE_ARCH)
         self.arch: dict[str, Any] = {**ARCH_DEFAULTS, **stored, **arch_given}
         self._check_arch()
         self.nbits = int(self.arch["nbits"])
@@ -263,10 +233,6 @@ class Hidden(TrainingHooks, TrainableMethod):
         self.disc: Discriminator | None = None
         self._hash = ""
         self._train: dict[str, Any] | None = None
-
-    def _read_arch(self, path: Path) -> dict[str, Any]:
-        """Architecture params from a checkpoint written for this method (subclasses may accept others)."""
-        return read_checkpoint_arch(path, self.name)
 
     def _check_arch(self) -> None:
         a = self.arch

@@ -52,12 +52,9 @@ architecture), else the shipped ``wmbench/weights/<weights>.safetensors``; with 
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
-import json
 import math
 from collections.abc import Callable
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -65,10 +62,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wmbench.api import SkipCell, TrainableMethod, TrainingHooks, WmbenchError
+from wmbench.checkpoints import WEIGHTS_PACKAGE, check_agrees, locate, read_arch
 
 from .classic import check_batch, reject_unknown
 
-WEIGHTS_PACKAGE = "wmbench.weights"
 BANDS = ("LH", "HL", "HH")
 #: architecture params (stored in the checkpoint's metadata) and their defaults
 ARCH_DEFAULTS: dict[str, Any] = {
@@ -254,20 +251,6 @@ class Decoder(nn.Module):
         return self.scale * (score - self.theta)
 
 
-def read_checkpoint_arch(path: Path) -> dict[str, Any]:
-    """The architecture params stored in a wmbench safetensors checkpoint's metadata."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("wmbench_method") != "specguard" or "params" not in meta:
-        raise WmbenchError(
-            f"method 'specguard': {path} is not a specguard checkpoint written by `wmbench train` "
-            f"(metadata method={meta.get('wmbench_method')!r})"
-        )
-    return json.loads(meta["params"])
-
-
 class SpecGuard(TrainingHooks, TrainableMethod):
     """SpecGuard-style spectral watermark (Haar DWT band -> DCT via FFT -> masked learned embedding).
 
@@ -320,25 +303,10 @@ class SpecGuard(TrainingHooks, TrainableMethod):
         self.init, self.seed = init, int(seed)
         self.enc_lr_scale = float(encoder_lr_scale)
         self.weights_name = weights
-        self.ckpt_path: Path | None = None
-        stored: dict[str, Any] = {}
-        if init is None:
-            if checkpoint is not None:
-                self.ckpt_path = Path(checkpoint).expanduser()
-                if not self.ckpt_path.is_file():
-                    raise WmbenchError(f"method 'specguard': params.checkpoint not found: {self.ckpt_path}")
-            else:
-                shipped = importlib.resources.files(WEIGHTS_PACKAGE) / f"{weights}.safetensors"
-                if shipped.is_file():
-                    self.ckpt_path = Path(str(shipped))
-            if self.ckpt_path is not None:
-                stored = read_checkpoint_arch(self.ckpt_path)
-        for k, v in arch_given.items():
-            if k != "strength" and k in stored and stored[k] != v:
-                raise WmbenchError(
-                    f"method 'specguard': param {k}={v!r} disagrees with the checkpoint {self.ckpt_path} "
-                    f"({k}={stored[k]!r}); drop the param or use a matching checkpoint"
-                )
+        who = "method 'specguard'"
+        self.ckpt_path = locate(who, checkpoint, weights) if init is None else None
+        stored = read_arch(who, self.ckpt_path, ("specguard",))[1] if self.ckpt_path else {}
+        check_agrees(who, arch_given, stored, self.ckpt_path, ignore=("strength",))
         # the stored strength is the one trained with; an explicit one only rescales the embedding
         self.arch: dict[str, Any] = {**ARCH_DEFAULTS, **stored, **arch_given}
         if "strength" in stored:

@@ -154,11 +154,12 @@ def test_missing_weights_skip_the_cell(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SkipCell, match="no_such_enhanced.safetensors is not installed.*ismark_enhance"):
         ISMark(decoder="ismark", weights="no_such_enhanced").setup(torch.device("cpu"))
     # the default decoder: the shipped enhanced one, else hidden; with neither installed, one message names both
-    import wmbench.methods.hidden as hidden_mod
     import wmbench.methods.ismark as ismark_mod
 
+    import wmbench.checkpoints as ck
+
     monkeypatch.setattr(ismark_mod, "WEIGHTS_PACKAGE", "wmbench.configs")
-    monkeypatch.setattr(hidden_mod, "WEIGHTS_PACKAGE", "wmbench.configs")
+    monkeypatch.setattr(ck, "WEIGHTS_PACKAGE", "wmbench.configs")
     m = ISMark()
     assert m.params["decoder"] == "hidden"
     with pytest.raises(SkipCell, match=r"ismark\.safetensors is not installed.*'hidden' has no weights"):

@@ -178,7 +178,9 @@ def test_forward_st_is_the_attack_with_a_gradient() -> None:
 
 
 def test_missing_weights_skip_with_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rl, "WEIGHTS_PACKAGE", "wmbench.configs")  # a package without the weights file
+    import wmbench.checkpoints as ck
+
+    monkeypatch.setattr(ck, "WEIGHTS_PACKAGE", "wmbench.configs")  # a package without the weights file
     atk = attacks().get("regen_local")()
     assert atk.ckpt_path is None
     with pytest.raises(SkipCell, match=r"no weights.*wmbench train regen_local.*params: \{checkpoint"):
