@@ -31,7 +31,6 @@ the ``unit`` says transfer.  ``last_stats`` holds the surrogate's logits before/
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -42,11 +41,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wmbench.api import Attack, Method, SkipCell, TrainingHooks, WmbenchError, quantize_8bit
+from wmbench.checkpoints import WEIGHTS_PACKAGE, read_metadata, shipped
 
 from .adversarial import _choice, _eps, _num, pgd
 from .regeneration import params_label
 
-WEIGHTS_PACKAGE = "wmbench.weights"
 NAME = "surrogate_transfer"
 #: architecture params (stored in the checkpoint's metadata) and their defaults
 ARCH_DEFAULTS: dict[str, Any] = {"width": 16, "depth": 4, "highpass": True}
@@ -85,10 +84,7 @@ class Surrogate(nn.Module):
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    meta = read_metadata(f"attack {NAME!r}", path)
     if meta.get("wmbench_method") != NAME or "params" not in meta:
         raise WmbenchError(
             f"attack {NAME!r}: {path} is not a surrogate checkpoint written by `wmbench train` "
@@ -187,7 +183,7 @@ class SurrogateTransfer(TrainingHooks, Attack):
             if not self.ckpt_path.is_file():
                 raise WmbenchError(f"attack {who!r}: params.checkpoint not found: {self.ckpt_path}")
         elif weights is not None:
-            self.ckpt_path = self._shipped(weights)
+            self.ckpt_path = shipped(weights)
             if self.ckpt_path is None:
                 raise WmbenchError(
                     f"attack {who!r}: params.weights: {WEIGHTS_PACKAGE}/{weights}.safetensors is not installed"
@@ -251,11 +247,6 @@ class SurrogateTransfer(TrainingHooks, Attack):
         return params_label(self.name, self.params, self._attack_defaults)
 
     # ------------------------------------------------------------------------------------------ weights
-    @staticmethod
-    def _shipped(stem: str) -> Path | None:
-        res = importlib.resources.files(WEIGHTS_PACKAGE) / f"{stem}.safetensors"
-        return Path(str(res)) if res.is_file() else None
-
     def _build(self, path: Path | None) -> Surrogate:
         arch = dict(self.arch)
         if path is not None and path != self.ckpt_path:
@@ -303,7 +294,7 @@ class SurrogateTransfer(TrainingHooks, Attack):
             )
         if target not in self._by_target:
             stem = shipped_name(target)
-            path = self._shipped(stem)
+            path = shipped(stem)
             if path is None:
                 raise SkipCell(
                     f"attack {self.name!r}: no surrogate classifier for method {target!r}: "

@@ -62,6 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from wmbench.api import Attack, Method, SkipCell, TrainableMethod, TrainingHooks, WmbenchError
+from wmbench.checkpoints import read_metadata
 
 from .classic import check_batch, reject_unknown
 from .hidden import ARCH_DEFAULTS, MESSAGE_MODES, WEIGHTS_PACKAGE, Decoder, _resize
@@ -199,16 +200,6 @@ def _pos_float(name: str, v: Any, allow_zero: bool = False) -> float:
     if v < 0 or (v == 0 and not allow_zero):
         raise _err(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
     return float(v)
-
-
-def _read_meta(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad file
-        raise _err(f"cannot read {path} as safetensors: {e}") from None
 
 
 class ISMark(TrainingHooks, TrainableMethod):
@@ -396,7 +387,7 @@ class ISMark(TrainingHooks, TrainableMethod):
             elif shipped.is_file():
                 self.ckpt_path = Path(str(shipped))
             if self.ckpt_path is not None:
-                meta = _read_meta(self.ckpt_path)
+                meta = read_metadata("method 'ismark'", self.ckpt_path)
                 if meta.get("wmbench_method") not in LOADABLE or "params" not in meta:
                     raise _err(
                         f"params.checkpoint {self.ckpt_path} is not a checkpoint of {', '.join(LOADABLE)} written "

@@ -24,7 +24,7 @@ from wmbench.runner import Runner, RunOptions
 from wmbench.suite import load_suite
 from wmbench.train import train
 
-SHIPPED = [m for m in ("dwtdct", "dwtdctsvd", "rivagan") if sg.SurrogateTransfer._shipped(sg.shipped_name(m))]
+SHIPPED = [m for m in ("dwtdct", "dwtdctsvd", "rivagan") if sg.shipped(sg.shipped_name(m))]
 
 
 @pytest.fixture(autouse=True)
@@ -231,7 +231,7 @@ def test_a_run_records_the_transfer_attack_and_skips_without_surrogate(
 @pytest.mark.parametrize("target", SHIPPED)
 def test_shipped_surrogates_are_small_and_found_by_method_name(target: str) -> None:
     stem = sg.shipped_name(target)
-    path = sg.SurrogateTransfer._shipped(stem)
+    path = sg.shipped(stem)
     assert path is not None and path.stat().st_size < 1_000_000
     card = json.loads(path.with_suffix(".json").read_text())
     assert card["architecture"]["target"] == target and card["complete"]
