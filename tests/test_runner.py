@@ -121,6 +121,17 @@ def test_changed_suite_in_same_folder_needs_fresh(tmp_path):
     assert (df.seed == 9).all() and len(df) == 20
 
 
+def test_readers_leave_a_live_writers_temp_file_alone(tmp_path):
+    """``done()`` (reports, a poller) must not delete another process's half-written part; a new run sweeps it."""
+    store = RunStore(tmp_path / "run")
+    store.parts.mkdir(parents=True)
+    tmp = store.parts / ".tmp-live.parquet"
+    tmp.write_bytes(b"half")
+    assert store.done() == set() and tmp.exists()
+    _run(_suite(tmp_path), tmp_path / "run")
+    assert not tmp.exists() and len(store.done()) == 5
+
+
 def test_resume_after_kill_9(tmp_path):
     """Kill the run in the middle; the rerun keeps finished cells, adds the rest, no duplicates or gaps."""
     p = _suite(tmp_path, attacks=[{"name": "test_slow", "strengths": [0.3, 0.31, 0.32, 0.33, 0.34, 0.35]}])

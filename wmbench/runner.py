@@ -150,6 +150,7 @@ class Runner:
                 "Rerun with --fresh to start over there, or choose another folder with --out."
             )
         self.out.mkdir(parents=True, exist_ok=True)
+        self.store.sweep_leftovers()
         prev_done = len(self.store.done())
         return {
             "wmbench_version": __version__,

@@ -95,16 +95,25 @@ class RunStore:
         """Remove what an earlier run wrote here (``--fresh``); other files are left alone."""
         if self.parts.is_dir():
             for p in self.parts.glob("*.parquet"):
-                p.unlink()
+                p.unlink(missing_ok=True)
         for p in (self.results_path, self.manifest_path):
             p.unlink(missing_ok=True)
 
+    def sweep_leftovers(self) -> None:
+        """Delete half-written temp files a killed run left behind.
+
+        Only the run that takes the folder calls this: readers (``done``, reports, a test polling a live run) must
+        never delete a temp file another process is about to rename into place.
+        """
+        if self.parts.is_dir():
+            for tmp in self.parts.glob(".tmp-*"):
+                tmp.unlink(missing_ok=True)
+
     def done(self) -> set[str]:
+        """Keys of the finished cells; read-only, safe while a run is writing."""
         if not self.parts.is_dir():
             return set()
-        for tmp in self.parts.glob(".tmp-*"):  # leftovers of a killed write
-            tmp.unlink(missing_ok=True)
-        return {p.stem for p in self.parts.glob("*.parquet")}
+        return {p.stem for p in self.parts.glob("*.parquet") if not p.name.startswith(".")}
 
     def write_cell(self, key: str, rows: pd.DataFrame) -> None:
         atomic_write_parquet(self.parts / f"{key}.parquet", rows)
