@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from wmbench.api import WmbenchError, quantize_8bit
+from wmbench.quality import psnr_per_image, scale_to_psnr
 
 from .hidden import Hidden
 
@@ -45,29 +46,9 @@ DEFAULT_STAGE2_NOISE: tuple[dict[str, Any], ...] = (
 )
 
 
-def _psnr(a: Tensor, b: Tensor) -> Tensor:
-    """Per-image PSNR in dB.  b 3 h w, b 3 h w -> b"""
-    mse = (a - b).pow(2).flatten(1).mean(1).clamp_min(1e-12)
-    return -10 * torch.log10(mse)
-
-
 def floor_residual(cover: Tensor, img: Tensor, floor: float) -> Tensor:
-    """Scale each image's residual down (on the 8-bit grid) until PSNR(cover, img) >= floor.  b 3 h w -> b 3 h w
-
-    Binary search on the scale; the 8-bit cover itself (scale 0) always satisfies any floor."""
-    out = quantize_8bit(img)
-    bad = _psnr(cover, out) < floor
-    if not bool(bad.any()):
-        return out
-    lo = torch.zeros(int(bad.sum()), device=img.device)
-    hi = torch.ones_like(lo)
-    c, r = cover[bad], img[bad] - cover[bad]
-    for _ in range(20):
-        mid = (lo + hi) / 2
-        ok = _psnr(c, quantize_8bit(c + mid.view(-1, 1, 1, 1) * r)) >= floor
-        lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
-    out[bad] = quantize_8bit(c + lo.view(-1, 1, 1, 1) * r)
-    return out
+    """Scale each image's residual down (on the 8-bit grid) until PSNR(cover, img) >= floor.  b 3 h w -> b 3 h w"""
+    return scale_to_psnr(cover, img, floor, max_scale=1.0, iters=20)
 
 
 class AdvMark(Hidden):
@@ -217,7 +198,7 @@ class AdvMark(Hidden):
             with torch.no_grad():
                 img.clamp_(0, 1)
                 q = quantize_8bit(img)
-                ok = _psnr(cover, q) >= self.psnr_floor
+                ok = psnr_per_image(cover, q) >= self.psnr_floor
                 take = active & ok
                 best[take] = q[take]
                 active &= ok  # an image that crossed the floor stops at its last good iterate

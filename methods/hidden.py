@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from wmbench.api import SkipCell, TrainableMethod, TrainingHooks, WmbenchError
 from wmbench.checkpoints import WEIGHTS_PACKAGE, check_agrees, locate, read_arch
+from wmbench.quality import scale_to_psnr
 
 from .classic import check_batch, reject_unknown
 
@@ -52,6 +53,8 @@ ARCH_DEFAULTS: dict[str, Any] = {
 MESSAGE_MODES = ("tiled", "broadcast")
 #: architecture params that only change how the nets are applied (a suite may set them over a checkpoint's)
 INFERENCE_ARCH = ("work_size",)
+#: ``psnr_target`` may strengthen a residual at most this much (+12 dB of range) before giving up on the target
+PSNR_MATCH_MAX_SCALE = 4.0
 
 
 def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -170,8 +173,10 @@ class Hidden(TrainingHooks, TrainableMethod):
     tiled|broadcast, ``period`` 16, ``map_channels`` 16, ``dec_downsample`` 2, ``dec_channels`` 32,
     ``work_size`` null) — taken from the checkpoint when one is given (explicit values must agree);
     ``checkpoint`` (path), ``weights`` (shipped file stem, default "hidden"), ``init`` ("random" for a seeded
-    random-init net), ``seed``, ``strength`` (residual scale at embedding, 1 = as trained), ``discriminator``
-    (train with HiDDeN's adversary; off by default).
+    random-init net), ``seed``, ``strength`` (residual scale at embedding, 1 = as trained), ``psnr_target`` (dB:
+    scale each image's residual, by at most ×4, so its 8-bit PSNR is the largest value ≥ the target — the way to
+    compare methods at equal quality on any images; off by default), ``discriminator`` (train with HiDDeN's
+    adversary; off by default).
     Shipped weights (``wmbench train hidden``, 4,000 steps on 64² crops, ~30 min on this 2-core CPU): clean bit
     accuracy 1.0 at 35.97 dB on 64 eval tiles at 128² (card: ``wmbench/weights/hidden.json``; docs/learned.md).
     """
@@ -195,6 +200,7 @@ class Hidden(TrainingHooks, TrainableMethod):
         init: str | None = None,
         seed: int = 0,
         strength: float = 1.0,
+        psnr_target: float | None = None,
         discriminator: bool = False,
         **rest: Any,
     ) -> None:
@@ -202,7 +208,16 @@ class Hidden(TrainingHooks, TrainableMethod):
         reject_unknown(
             self.name,
             rest,
-            (*ARCH_DEFAULTS, "checkpoint", "weights", "init", "seed", "strength", "discriminator"),
+            (
+                *ARCH_DEFAULTS,
+                "checkpoint",
+                "weights",
+                "init",
+                "seed",
+                "strength",
+                "psnr_target",
+                "discriminator",
+            ),
         )
         if init not in (None, "random"):
             raise WmbenchError(f"method {self.name!r}: init must be 'random' or absent, got {init!r}")
@@ -210,6 +225,17 @@ class Hidden(TrainingHooks, TrainableMethod):
             raise WmbenchError(f"method {self.name!r}: give either init: random or a checkpoint, not both")
         self.device = torch.device("cpu")
         self.init, self.seed, self.strength = init, int(seed), float(strength)
+        if psnr_target is not None and (
+            isinstance(psnr_target, bool) or not isinstance(psnr_target, int | float)
+        ):
+            raise WmbenchError(
+                f"method {self.name!r}: psnr_target must be a number of dB or null, got {psnr_target!r}"
+            )
+        if psnr_target is not None and not 10.0 <= float(psnr_target) <= 80.0:
+            raise WmbenchError(
+                f"method {self.name!r}: psnr_target must lie in [10, 80] dB, got {psnr_target}"
+            )
+        self.psnr_target = None if psnr_target is None else float(psnr_target)
         self.use_disc = bool(discriminator)
         weights = weights or self.name
         self.weights_name = weights
@@ -226,6 +252,7 @@ class Hidden(TrainingHooks, TrainableMethod):
             **({"weights": weights} if weights != self.name else {}),
             **({"init": init, "seed": self.seed} if init else {}),
             **({"strength": self.strength} if self.strength != 1.0 else {}),
+            **({"psnr_target": self.psnr_target} if self.psnr_target is not None else {}),
             **({"discriminator": True} if self.use_disc else {}),
         }
         self.enc: Encoder | None = None
@@ -363,6 +390,10 @@ class Hidden(TrainingHooks, TrainableMethod):
                 n.eval()
             x = x.to(self.device)
             r = self._residual(x, msg.to(x) * 2 - 1)
+            if self.psnr_target is not None:  # per image, on the 8-bit grid the runner quantises to anyway
+                return scale_to_psnr(
+                    x, x + self.strength * r, self.psnr_target, max_scale=PSNR_MATCH_MAX_SCALE
+                )
             return (x + self.strength * r).clamp(0, 1)
 
     def extract(self, y: Tensor) -> Tensor:
