@@ -1,0 +1,39 @@
+"""Every shipped checkpoint's card still describes the files next to it: the weights' hash and the packaged config.
+
+Why: a card is the reproduction recipe (``wmbench train <config>``); editing a packaged config, even a comment, or
+replacing a weights file without retraining would make the card lie about how the shipped file was made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+import wmbench
+
+ROOT = Path(wmbench.__file__).resolve().parent
+CARDS = sorted((ROOT / "weights").glob("*.json"))
+
+
+def _sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_there_are_shipped_cards() -> None:
+    assert len(CARDS) >= 10
+
+
+@pytest.mark.parametrize("card", CARDS, ids=lambda p: p.stem)
+def test_card_matches_its_weights_and_config(card: Path) -> None:
+    meta = json.loads(card.read_text())
+    weights = card.with_suffix(".safetensors")
+    assert weights.is_file(), f"{card.name} has no {weights.name}"
+    if "file_sha256" in meta:
+        assert meta["file_sha256"] == _sha(weights), f"{weights.name} changed since {card.name} was written"
+    if "config_sha256" in meta:
+        cfg = ROOT / "configs" / Path(meta["config"]).name
+        assert cfg.is_file(), f"{card.name}: packaged config {cfg.name} is gone"
+        assert meta["config_sha256"] == _sha(cfg), f"{cfg.name} edited since {card.name} was trained from it"
