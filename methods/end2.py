@@ -103,8 +103,20 @@ class End2(Hidden):
             raise WmbenchError("method 'end2': call setup(device) before embed/extract")
         return {"encoder": enc, "decoder": dec, "decoder_student": self.dec_s}
 
+    def _decoders(self) -> list[tuple[nn.Module, float]]:
+        """Teacher, student, or both at weight 0.5 (``decode``)."""
+        _, dec = self._ready()
+        assert self.dec_s is not None or self.decode_mode == "teacher"
+        if self.decode_mode == "teacher":
+            return [(dec, 1.0)]
+        if self.decode_mode == "student":
+            return [(self.dec_s, 1.0)]
+        return [(dec, 0.5), (self.dec_s, 0.5)]
+
     def _decode(self, y: Tensor) -> Tensor:
         """Logits of the teacher, the student, or their mean.  b 3 h w -> b k"""
+        if self.sync:
+            return self._synced(y)
         _, dec = self._ready()
         ws = self.arch["work_size"]
         if ws is not None:

@@ -36,6 +36,7 @@ from wmbench.checkpoints import WEIGHTS_PACKAGE, check_agrees, locate, read_arch
 from wmbench.quality import scale_to_psnr
 
 from .classic import check_batch, reject_unknown
+from .periodic_sync import synced_logits
 
 #: architecture params (stored in the checkpoint's metadata) and their defaults
 ARCH_DEFAULTS: dict[str, Any] = {
@@ -201,6 +202,7 @@ class Hidden(TrainingHooks, TrainableMethod):
         seed: int = 0,
         strength: float = 1.0,
         psnr_target: float | None = None,
+        sync: bool = False,
         discriminator: bool = False,
         **rest: Any,
     ) -> None:
@@ -236,6 +238,9 @@ class Hidden(TrainingHooks, TrainableMethod):
                 f"method {self.name!r}: psnr_target must lie in [10, 80] dB, got {psnr_target}"
             )
         self.psnr_target = None if psnr_target is None else float(psnr_target)
+        if not isinstance(sync, bool):
+            raise WmbenchError(f"method {self.name!r}: sync must be true or false, got {sync!r}")
+        self.sync = sync
         self.use_disc = bool(discriminator)
         weights = weights or self.name
         self.weights_name = weights
@@ -253,6 +258,7 @@ class Hidden(TrainingHooks, TrainableMethod):
             **({"init": init, "seed": self.seed} if init else {}),
             **({"strength": self.strength} if self.strength != 1.0 else {}),
             **({"psnr_target": self.psnr_target} if self.psnr_target is not None else {}),
+            **({"sync": True} if self.sync else {}),
             **({"discriminator": True} if self.use_disc else {}),
         }
         self.enc: Encoder | None = None
@@ -278,6 +284,11 @@ class Hidden(TrainingHooks, TrainableMethod):
         if a["message"] == "tiled" and a["period"] % 2**ds:
             raise WmbenchError(
                 f"method {self.name!r}: period {a['period']} must be divisible by 2**dec_downsample = {2**ds}"
+            )
+        if self.sync and (a["message"] != "tiled" or a["work_size"] is not None):
+            raise WmbenchError(
+                f"method {self.name!r}: sync re-aligns a tiled message map at the image's own scale; it needs "
+                f"message: tiled and work_size: null (got message {a['message']!r}, work_size {a['work_size']!r})"
             )
         ws = a["work_size"]
         if ws is not None and (isinstance(ws, bool) or not isinstance(ws, int) or ws < 8):
@@ -377,7 +388,18 @@ class Hidden(TrainingHooks, TrainableMethod):
         h, w = x.shape[-2:]
         return _resize(enc(_resize(x, (ws, ws)), bits), (h, w))
 
+    def _decoders(self) -> list[tuple[nn.Module, float]]:
+        """The decoders whose weighted logits make the extraction (END² has two)."""
+        return [(self._ready()[1], 1.0)]
+
+    def _synced(self, y: Tensor) -> Tensor:
+        """Logits after zoom + phase re-synchronisation (methods/periodic_sync.py).  b 3 h w -> b k"""
+        a = self.arch
+        return synced_logits(y, self._decoders(), period=a["period"], stride=2 ** a["dec_downsample"])
+
     def _decode(self, y: Tensor) -> Tensor:
+        if self.sync:
+            return self._synced(y)
         _, dec = self._ready()
         ws = self.arch["work_size"]
         return dec(y if ws is None else _resize(y, (ws, ws)))
