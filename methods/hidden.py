@@ -8,8 +8,8 @@ Two message paths (param ``message``):
   Why: on this CPU the faithful design learns its message far too slowly (REFERENCE §1), while a spatial message
   map learns fast; tiling it (instead of upsampling one map to the training size) keeps the net fully
   convolutional, so a net trained on 64² crops runs at 128²/256², where the fold averages over more tiles.
-  Phase is fixed at the image's top-left pixel: translations by a non-multiple of the period (e.g. crops that
-  are not resized back) are not modelled.
+  Period and phase are fixed at the image's top-left pixel, so a resized crop (zoom + shift) breaks plain
+  decoding; ``sync: true`` re-aligns first (methods/periodic_sync.py).
 * ``broadcast``: the paper's design: the message is repeated at every pixel as ``nbits`` constant channels, the
   decoder ends in global average pooling and a linear layer.
 
@@ -176,8 +176,9 @@ class Hidden(TrainingHooks, TrainableMethod):
     ``checkpoint`` (path), ``weights`` (shipped file stem, default "hidden"), ``init`` ("random" for a seeded
     random-init net), ``seed``, ``strength`` (residual scale at embedding, 1 = as trained), ``psnr_target`` (dB:
     scale each image's residual, by at most ×4, so its 8-bit PSNR is the largest value ≥ the target — the way to
-    compare methods at equal quality on any images; off by default), ``discriminator`` (train with HiDDeN's
-    adversary; off by default).
+    compare methods at equal quality on any images; off by default), ``sync`` (re-align zoom and phase before
+    decoding, for resized crops; ~100 decoder passes per image; off by default), ``discriminator`` (train with
+    HiDDeN's adversary; off by default).
     Shipped weights (``wmbench train hidden``, 4,000 steps on 64² crops, ~30 min on this 2-core CPU): clean bit
     accuracy 1.0 at 35.97 dB on 64 eval tiles at 128² (card: ``wmbench/weights/hidden.json``; docs/learned.md).
     """
