@@ -40,5 +40,9 @@ def test_card_matches_its_weights_and_config(card: Path) -> None:
         assert cfg.is_file(), f"{card.name}: packaged config {cfg.name} is gone"
         parsed = load_train_config(cfg)[1]
         got = _config_hash(parsed)  # every setting except run-length and logging ones
-        assert meta["config_hash"] == got, f"{cfg.name}'s settings changed since {card.name} was trained from it"
-        assert meta.get("steps_planned", parsed.steps) == parsed.steps, f"{cfg.name}: steps differ from {card.name}"
+        assert meta["config_hash"] == got, (
+            f"{cfg.name}'s settings changed since {card.name} was trained from it"
+        )
+        assert meta.get("steps_planned", parsed.steps) == parsed.steps, (
+            f"{cfg.name}: steps differ from {card.name}"
+        )
