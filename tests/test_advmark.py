@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -13,13 +12,7 @@ from wmbench.methods.advmark import AdvMark, floor_residual
 from wmbench.api import WmbenchError
 from wmbench.train import resolve_config, train
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _x(n: int = 3, s: int = 32) -> torch.Tensor:

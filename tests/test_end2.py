@@ -13,13 +13,7 @@ from wmbench.methods.end2 import End2
 from wmbench.api import WmbenchError
 from wmbench.train import resolve_config, train
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny(**kw: Any) -> End2:

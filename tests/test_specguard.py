@@ -30,12 +30,7 @@ from wmbench.train import evaluate, load_train_config, resolve_config, train
 TINY = resolve_config("specguard_tiny")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny(**extra: Any) -> SpecGuard:

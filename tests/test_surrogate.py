@@ -27,13 +27,12 @@ from wmbench.train import train
 SHIPPED = [m for m in ("dwtdct", "dwtdctsvd", "rivagan") if sg.shipped(sg.shipped_name(m))]
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(autouse=True)
-def _one_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WMBENCH_HOME", str(tmp_path / "home"))
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _gen(seed: int = 0) -> torch.Generator:

@@ -21,13 +21,7 @@ from wmbench.train import evaluate, load_train_config, resolve_config, train
 TINY = resolve_config("tiny")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    """Bit-exact comparisons between runs, and no oversubscription of a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _config(tmp_path: Path, name: str = "cfg.yaml", **changes: Any) -> Path:
