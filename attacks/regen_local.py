@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wmbench.api import Attack, Method, SkipCell, TrainingHooks, WmbenchError, quantize_8bit
-from wmbench.checkpoints import WEIGHTS_PACKAGE, check_agrees, locate, read_arch
+from wmbench.checkpoints import WEIGHTS_PACKAGE, check_agrees, check_init, locate, read_arch
 
 from .regeneration import _pad_to, params_label
 
@@ -130,10 +130,7 @@ class RegenLocal(TrainingHooks, Attack):
     ) -> None:
         arch_given = {k: rest.pop(k) for k in list(rest) if k in ARCH_DEFAULTS}
         super().__init__(**rest)  # rejects unknown params with their names
-        if init not in (None, "random"):
-            raise WmbenchError(f"attack {self.name!r}: init must be 'random' or absent, got {init!r}")
-        if init == "random" and checkpoint is not None:
-            raise WmbenchError(f"attack {self.name!r}: give either init: random or a checkpoint, not both")
+        check_init(f"attack {self.name!r}", init, checkpoint is not None)
         self.init, self.seed = init, int(seed)
         self.weights_name = weights or self.name
         who = f"attack {self.name!r}"

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wmbench.api import Attack, Method, SkipCell, TrainingHooks, WmbenchError, quantize_8bit
-from wmbench.checkpoints import WEIGHTS_PACKAGE, read_metadata, shipped
+from wmbench.checkpoints import WEIGHTS_PACKAGE, check_init, read_metadata, shipped
 
 from .adversarial import _choice, _eps, _num, pgd
 from .regeneration import params_label
@@ -152,10 +152,9 @@ class SurrogateTransfer(TrainingHooks, Attack):
         arch_given = {k: rest.pop(k) for k in list(rest) if k in ARCH_DEFAULTS}
         super().__init__(**rest)  # rejects unknown params with their names
         who = self.name
-        if init not in (None, "random"):
-            raise WmbenchError(f"attack {who!r}: init must be 'random' or absent, got {init!r}")
-        if init == "random" and (checkpoint is not None or weights is not None):
-            raise WmbenchError(f"attack {who!r}: give either init: random or a checkpoint/weights, not both")
+        check_init(
+            f"attack {who!r}", init, checkpoint is not None or weights is not None, "a checkpoint/weights"
+        )
         if checkpoint is not None and weights is not None:
             raise WmbenchError(f"attack {who!r}: give either checkpoint or weights, not both")
         if target_params is not None and not isinstance(target_params, dict):

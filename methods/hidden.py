@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wmbench.api import SkipCell, TrainableMethod, TrainingHooks, WmbenchError
-from wmbench.checkpoints import WEIGHTS_PACKAGE, check_agrees, locate, read_arch
+from wmbench.checkpoints import WEIGHTS_PACKAGE, check_agrees, check_init, locate, read_arch
 from wmbench.quality import scale_to_psnr
 
 from .classic import check_batch, reject_unknown
@@ -222,10 +222,7 @@ class Hidden(TrainingHooks, TrainableMethod):
                 "discriminator",
             ),
         )
-        if init not in (None, "random"):
-            raise WmbenchError(f"method {self.name!r}: init must be 'random' or absent, got {init!r}")
-        if init == "random" and checkpoint is not None:
-            raise WmbenchError(f"method {self.name!r}: give either init: random or a checkpoint, not both")
+        check_init(f"method {self.name!r}", init, checkpoint is not None)
         self.device = torch.device("cpu")
         self.init, self.seed, self.strength = init, int(seed), float(strength)
         if psnr_target is not None and (

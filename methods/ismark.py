@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from wmbench.api import Attack, Method, SkipCell, TrainableMethod, TrainingHooks, WmbenchError
-from wmbench.checkpoints import read_metadata
+from wmbench.checkpoints import check_init, read_metadata
 
 from .classic import check_batch, reject_unknown
 from .hidden import ARCH_DEFAULTS, MESSAGE_MODES, WEIGHTS_PACKAGE, Decoder, _resize
@@ -374,10 +374,7 @@ class ISMark(TrainingHooks, TrainableMethod):
     def _own_arch(
         self, checkpoint: str | None, init: str | None, arch_given: dict[str, Any], shipped: Any
     ) -> dict[str, Any]:
-        if init not in (None, "random"):
-            raise _err(f"init must be 'random' or absent, got {init!r}")
-        if init == "random" and checkpoint is not None:
-            raise _err("give either init: random or a checkpoint, not both")
+        check_init("method 'ismark'", init, checkpoint is not None)
         stored: dict[str, Any] = {}
         if init is None:
             if checkpoint is not None:

@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wmbench.api import SkipCell, TrainableMethod, TrainingHooks, WmbenchError
-from wmbench.checkpoints import WEIGHTS_PACKAGE, check_agrees, locate, read_arch
+from wmbench.checkpoints import WEIGHTS_PACKAGE, check_agrees, check_init, locate, read_arch
 
 from .classic import check_batch, reject_unknown
 
@@ -295,10 +295,7 @@ class SpecGuard(TrainingHooks, TrainableMethod):
         reject_unknown(
             self.name, rest, (*ARCH_DEFAULTS, "checkpoint", "weights", "init", "seed", "encoder_lr_scale")
         )
-        if init not in (None, "random"):
-            raise WmbenchError(f"method 'specguard': init must be 'random' or absent, got {init!r}")
-        if init == "random" and checkpoint is not None:
-            raise WmbenchError("method 'specguard': give either init: random or a checkpoint, not both")
+        check_init("method 'specguard'", init, checkpoint is not None)
         self.device = torch.device("cpu")
         self.init, self.seed = init, int(seed)
         self.enc_lr_scale = float(encoder_lr_scale)

@@ -25,6 +25,14 @@ def shipped(stem: str) -> Path | None:
     return Path(str(res)) if res.is_file() else None
 
 
+def check_init(who: str, init: str | None, checkpoint_given: bool, what: str = "a checkpoint") -> None:
+    """``init`` is "random" (a seeded random-init net: tests and the trainer) or absent, never beside a checkpoint."""
+    if init not in (None, "random"):
+        raise WmbenchError(f"{who}: init must be 'random' or absent, got {init!r}")
+    if init == "random" and checkpoint_given:
+        raise WmbenchError(f"{who}: give either init: random or {what}, not both")
+
+
 def locate(who: str, checkpoint: str | None, stem: str) -> Path | None:
     """``params.checkpoint`` (must exist), else the shipped file ``stem``, else None.  ``who``: "method 'x'"."""
     if checkpoint is None:
