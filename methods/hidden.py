@@ -219,6 +219,7 @@ class Hidden(TrainingHooks, TrainableMethod):
                 "seed",
                 "strength",
                 "psnr_target",
+                "sync",
                 "discriminator",
             ),
         )

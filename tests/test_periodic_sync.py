@@ -61,3 +61,8 @@ def test_sync_is_differentiable_and_keeps_shapes(marked) -> None:
 def test_sync_params_are_validated(bad: dict) -> None:
     with pytest.raises(WmbenchError, match="sync"):
         Hidden(**{**Hidden.tiny_params(), **bad})
+
+
+def test_unknown_param_error_lists_sync_and_psnr_target() -> None:
+    with pytest.raises(WmbenchError, match="accepted params: .*psnr_target, sync"):
+        Hidden(**{**Hidden.tiny_params(), "bogus": 1})
