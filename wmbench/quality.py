@@ -29,14 +29,16 @@ def scale_to_psnr(
     to the target (a match). Bisection on s; s = 0 (the 8-bit cover) meets any target, so the result is never
     below it.  b 3 h w, b 3 h w -> b 3 h w
     """
-    c, r = cover, img - cover
-    lo = torch.zeros(cover.shape[0], device=cover.device)
+    out = quantize_8bit(cover + max_scale * (img - cover))
+    bad = psnr_per_image(cover, out) < target
+    if not bool(bad.any()):  # the common case for a floor: nothing to search
+        return out
+    c, r = cover[bad], img[bad] - cover[bad]  # bisect only the images under the target
+    lo = torch.zeros(c.shape[0], device=c.device)
     hi = torch.full_like(lo, float(max_scale))
-    at_hi = quantize_8bit(c + hi.view(-1, 1, 1, 1) * r)
-    ok_hi = psnr_per_image(c, at_hi) >= target
     for _ in range(iters):
         mid = (lo + hi) / 2
         ok = psnr_per_image(c, quantize_8bit(c + mid.view(-1, 1, 1, 1) * r)) >= target
         lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
-    out = quantize_8bit(c + lo.view(-1, 1, 1, 1) * r)
-    return torch.where(ok_hi.view(-1, 1, 1, 1), at_hi, out)
+    out[bad] = quantize_8bit(c + lo.view(-1, 1, 1, 1) * r)
+    return out
