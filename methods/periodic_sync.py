@@ -93,11 +93,12 @@ def synced_logits(
 
     q = period // stride
     rolls = [(a, b) for a in range(q) for b in range(q)]
+    plain_all = sum(wt * dec(y) for dec, wt in decoders)  # b k: exactly what plain decoding reads
     out = []
     for i, cands in enumerate(candidate_periods(y, period, max_zoom=max_zoom, n_peaks=n_peaks)):
-        plain = sum(wt * dec(y[i : i + 1]) for dec, wt in decoders)  # 1 k: exactly what plain decoding reads
+        plain = plain_all[i : i + 1]
         plain_conf = float(plain.detach().abs().mean())
-        best_conf, best = None, None
+        best_conf, best = 0.0, None
         for p in cands:
             z = _rescale(y[i : i + 1], period / p)  # 1 3 h w at the decoder's period
             h, w = z.shape[-2:]
@@ -117,7 +118,7 @@ def synced_logits(
             flat = logits.flatten(0, 1)  # r²·q² k
             conf = flat.detach().abs().mean(1)
             j = int(conf.argmax())
-            if best_conf is None or float(conf[j]) > best_conf:
+            if best is None or float(conf[j]) > best_conf:
                 best_conf, best = float(conf[j]), flat[j : j + 1]
-        out.append(plain if best is None or best_conf is None or best_conf < margin * plain_conf else best)
+        out.append(plain if best is None or best_conf < margin * plain_conf else best)
     return torch.cat(out)
