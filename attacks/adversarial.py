@@ -28,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from wmbench import rng
 from wmbench.api import Attack, Method, SkipCell, WmbenchError
+from wmbench.rng import Gen
 
 from .regeneration import INJECTED, load_autoencoder, params_label
 
@@ -73,7 +75,7 @@ def pgd(
     norm: str,
     steps: int,
     step_size: float,
-    gen: torch.Generator,
+    gen: Gen,
     random_start: bool = False,
 ) -> Tensor:
     """Minimise ``objective`` over x + δ, δ in the ε-ball (see module docstring for norms), x + δ in [0,1].
@@ -111,7 +113,7 @@ def pgd(
 
     delta = torch.zeros_like(x)
     if random_start:
-        u = torch.rand(x.shape, generator=gen).to(x) * 2 - 1  # b 3 h w in [-1, 1]
+        u = rng.rand(gen, *x.shape).to(x) * 2 - 1  # b 3 h w in [-1, 1]
         delta = project(u * (eps if norm == "linf" else radius / math.sqrt(x[0].numel())))
     best, best_loss = x.clone(), torch.full((b,), math.inf, device=x.device)
     for i in range(steps + 1):
@@ -186,9 +188,7 @@ class _Pgd(Attack):
     def label(self) -> str:
         return params_label(self.name, self.params, self._defaults)
 
-    def forward_st(
-        self, x: Tensor, strength: float, *, gen: torch.Generator, cover: Tensor | None = None
-    ) -> Tensor:
+    def forward_st(self, x: Tensor, strength: float, *, gen: Gen, cover: Tensor | None = None) -> Tensor:
         raise WmbenchError(f"attack {self.name!r} needs the method it attacks; it is no training distortion")
 
     def _check_differentiable(self, method: Method) -> None:
@@ -199,9 +199,7 @@ class _Pgd(Attack):
                 f"than report a weaker attack as white-box. Attack it through a surrogate decoder instead."
             )
 
-    def _objective(
-        self, method: Method, target: Tensor, gen: torch.Generator, cover: Tensor | None
-    ) -> Objective:
+    def _objective(self, method: Method, target: Tensor, gen: Gen, cover: Tensor | None) -> Objective:
         """Per-image BCE of the decoded logits against ``target`` (b k), averaged over ``eot`` random transforms."""
 
         def bce(y: Tensor) -> Tensor:
@@ -214,9 +212,12 @@ class _Pgd(Attack):
         def eot_bce(y: Tensor) -> Tensor:
             total = torch.zeros(y.shape[0], device=y.device)
             for _ in range(self.eot):
-                j = int(torch.randint(len(self.eot_pool), (1,), generator=gen))
+                # which transform: one choice for the whole batch from the cell's shared generator, so an image
+                # sees the same sequence of transforms in any batch; the transform's own draws are per image
+                j = int(torch.randint(len(self.eot_pool), (1,), generator=rng.shared(gen)))
                 atk = self.eot_pool[j]
-                s = atk.default_strengths[int(torch.randint(len(atk.default_strengths), (1,), generator=gen))]
+                pick = torch.randint(len(atk.default_strengths), (1,), generator=rng.shared(gen))
+                s = atk.default_strengths[int(pick)]
                 total = total + bce(atk.forward_st(y, s, gen=gen, cover=cover))
             return total / self.eot
 
@@ -227,7 +228,7 @@ class _Pgd(Attack):
         with torch.no_grad():
             return (method.extract(x) > 0).float()
 
-    def _run(self, start: Tensor, eps: float, objective: Objective, gen: torch.Generator) -> Tensor:
+    def _run(self, start: Tensor, eps: float, objective: Objective, gen: Gen) -> Tensor:
         return pgd(
             start,
             objective,
@@ -267,7 +268,7 @@ class PgdRemove(_Pgd):
         x: Tensor,
         strength: float,
         *,
-        gen: torch.Generator,
+        gen: Gen,
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:
@@ -281,7 +282,7 @@ class PgdRemove(_Pgd):
         if self.target == "flip":
             target = 1.0 - decoded
         else:
-            target = torch.randint(0, 2, decoded.shape, generator=gen).to(decoded)
+            target = rng.randint(gen, 0, 2, *decoded.shape).to(decoded)
         y = self._run(x0, eps, self._objective(m, target, gen, cover), gen)
         return y.to(x.dtype)
 
@@ -306,7 +307,7 @@ class PgdForge(_Pgd):
         x: Tensor,
         strength: float,
         *,
-        gen: torch.Generator,
+        gen: Gen,
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:
@@ -396,7 +397,7 @@ class VaeEmbedding(Attack):
         x: Tensor,
         strength: float,
         *,
-        gen: torch.Generator,
+        gen: Gen,
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:

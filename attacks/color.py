@@ -13,6 +13,7 @@ from kornia.enhance import adjust_hue
 from torch import Tensor
 
 from wmbench.api import Attack, Method, WmbenchError
+from wmbench.rng import Gen
 
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -44,7 +45,7 @@ class Brightness(Attack):
         x: Tensor,
         strength: float,
         *,
-        gen: torch.Generator,
+        gen: Gen,
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:
@@ -66,7 +67,7 @@ class Contrast(Attack):
         x: Tensor,
         strength: float,
         *,
-        gen: torch.Generator,
+        gen: Gen,
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:
@@ -93,7 +94,7 @@ class Saturation(Attack):
         x: Tensor,
         strength: float,
         *,
-        gen: torch.Generator,
+        gen: Gen,
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:
@@ -118,7 +119,7 @@ class Hue(Attack):
         x: Tensor,
         strength: float,
         *,
-        gen: torch.Generator,
+        gen: Gen,
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:

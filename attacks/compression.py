@@ -14,6 +14,7 @@ from PIL import Image
 from torch import Tensor
 
 from wmbench.api import Attack, Method, WmbenchError
+from wmbench.rng import Gen
 
 _SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2, 0: 0, 1: 1, 2: 2}
 
@@ -71,7 +72,7 @@ class Jpeg(Attack):
         x: Tensor,
         strength: float,
         *,
-        gen: torch.Generator,
+        gen: Gen,
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:
@@ -94,7 +95,7 @@ class WebP(Attack):
         x: Tensor,
         strength: float,
         *,
-        gen: torch.Generator,
+        gen: Gen,
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:

@@ -12,6 +12,7 @@ from kornia.filters import gaussian_blur2d
 from torch import Tensor
 
 from wmbench.api import Attack, Method, WmbenchError, quantize_8bit
+from wmbench.rng import Gen
 
 
 def _blur_matrix(n: int, sigma: float, half: int, like: Tensor) -> Tensor:
@@ -44,7 +45,7 @@ class GaussianBlur(Attack):
         x: Tensor,
         strength: float,
         *,
-        gen: torch.Generator,
+        gen: Gen,
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:
@@ -112,7 +113,7 @@ class MedianBlur(Attack):
         x: Tensor,
         strength: float,
         *,
-        gen: torch.Generator,
+        gen: Gen,
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:
@@ -143,7 +144,7 @@ class Sharpness(Attack):
         x: Tensor,
         strength: float,
         *,
-        gen: torch.Generator,
+        gen: Gen,
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:

@@ -13,10 +13,12 @@ import torch.nn.functional as F
 from kornia.geometry.transform import get_perspective_transform, rotate, warp_perspective
 from torch import Tensor
 
+from wmbench import rng
 from wmbench.api import Attack, Method, WmbenchError
+from wmbench.rng import Gen
 
 
-def _crop_resize(x: Tensor, a: float, name: str, gen: torch.Generator | None) -> Tensor:
+def _crop_resize(x: Tensor, a: float, name: str, gen: rng.Gen | None) -> Tensor:
     """Crop a window of area ratio ``a`` (same aspect as the image) and resize it back.  # b 3 h w -> b 3 h w
 
     The window sits at a random integer position drawn from ``gen``, or in the centre when ``gen`` is None.
@@ -31,8 +33,8 @@ def _crop_resize(x: Tensor, a: float, name: str, gen: torch.Generator | None) ->
         y0 = torch.full((b,), (h - ch) // 2)
         x0 = torch.full((b,), (w - cw) // 2)
     else:
-        y0 = torch.randint(0, h - ch + 1, (b,), generator=gen)
-        x0 = torch.randint(0, w - cw + 1, (b,), generator=gen)
+        y0 = rng.randint(gen, 0, h - ch + 1, b)
+        x0 = rng.randint(gen, 0, w - cw + 1, b)
     rows = (y0[:, None] + torch.arange(ch)).to(x.device)  # b ch
     cols = (x0[:, None] + torch.arange(cw)).to(x.device)  # b cw
     bi = torch.arange(b, device=x.device)[:, None, None, None]
@@ -56,7 +58,7 @@ class Resize(Attack):
         x: Tensor,
         strength: float,
         *,
-        gen: torch.Generator,
+        gen: Gen,
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:
@@ -85,7 +87,7 @@ class Crop(Attack):
         x: Tensor,
         strength: float,
         *,
-        gen: torch.Generator,
+        gen: Gen,
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:
@@ -103,7 +105,7 @@ class CenterCrop(Crop):
         x: Tensor,
         strength: float,
         *,
-        gen: torch.Generator,
+        gen: Gen,
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:
@@ -136,7 +138,7 @@ class Rotation(Attack):
         x: Tensor,
         strength: float,
         *,
-        gen: torch.Generator,
+        gen: Gen,
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:
@@ -145,7 +147,7 @@ class Rotation(Attack):
         b = x.shape[0]
         angle = torch.full((b,), float(strength), device=x.device, dtype=x.dtype)
         if self.random_sign:
-            angle = angle * (torch.randint(0, 2, (b,), generator=gen) * 2 - 1).to(angle)
+            angle = angle * (rng.randint(gen, 0, 2, b) * 2 - 1).to(angle)
         return rotate(x, angle, padding_mode=_FILL[self.fill]).clamp(0, 1)  # b 3 h w
 
 
@@ -165,7 +167,7 @@ class Perspective(Attack):
         x: Tensor,
         strength: float,
         *,
-        gen: torch.Generator,
+        gen: Gen,
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:
@@ -178,7 +180,7 @@ class Perspective(Attack):
         src = torch.tensor([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], dtype=torch.float32)
         inward = torch.tensor([[1, 1], [-1, 1], [-1, -1], [1, -1]], dtype=torch.float32)
         half = torch.tensor([(w - 1) / 2, (h - 1) / 2])
-        shift = torch.rand(b, 4, 2, generator=gen) * d * half  # b 4 2 (x, y), in px
+        shift = rng.rand(gen, b, 4, 2) * d * half  # b 4 2 (x, y), in px
         dst = src + inward * shift
         m = get_perspective_transform(src.expand(b, 4, 2), dst).to(device=x.device, dtype=x.dtype)  # b 3 3
         return warp_perspective(x, m, (h, w), align_corners=True).clamp(0, 1)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from wmbench.api import Attack, Method
+from wmbench.rng import Gen
 
 
 class Identity(Attack):
@@ -23,7 +23,7 @@ class Identity(Attack):
         x: Tensor,
         strength: float,
         *,
-        gen: torch.Generator,
+        gen: Gen,
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:

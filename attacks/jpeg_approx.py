@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from wmbench.api import Attack, Method, WmbenchError
+from wmbench.rng import Gen
 
 # ITU-R BT.601 full-range RGB <-> YCbCr (the JPEG/JFIF convention), offsets dropped: the DCT masks are linear
 _RGB2YUV = torch.tensor(
@@ -89,7 +90,7 @@ class JpegMask(Attack):
         x: Tensor,
         strength: float,
         *,
-        gen: torch.Generator,
+        gen: Gen,
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:
@@ -115,7 +116,7 @@ class JpegDiff(Attack):
         x: Tensor,
         strength: float,
         *,
-        gen: torch.Generator,
+        gen: Gen,
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:

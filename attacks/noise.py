@@ -1,6 +1,7 @@
 """Pixel-level noise: additive Gaussian, salt & pepper, and HiDDeN's cover-mixing dropout / cropout.
 
-All draws come from the passed CPU ``gen`` (then move to the input's device), so a seed fixes the output.
+All draws come from the passed CPU ``gen`` through ``wmbench.rng`` (one generator per image in a run, then moved to
+the input's device), so a seed fixes the output however the images are batched.
 The mask-based ones pass gradients to the pixels they keep, hence ``differentiable = True``.
 """
 
@@ -11,7 +12,9 @@ import math
 import torch
 from torch import Tensor
 
+from wmbench import rng
 from wmbench.api import Attack, Method, WmbenchError
+from wmbench.rng import Gen
 
 
 def _fraction(name: str, p: float, what: str = "fraction") -> float:
@@ -33,10 +36,10 @@ def _cover(name: str, x: Tensor, cover: Tensor | None) -> Tensor:
     return cover.to(device=x.device, dtype=x.dtype)
 
 
-def _pixel_mask(x: Tensor, p: float, gen: torch.Generator) -> Tensor:
+def _pixel_mask(x: Tensor, p: float, gen: Gen) -> Tensor:
     """A b 1 h w boolean mask, each pixel True with probability p (shared by the 3 channels)."""
     b, _, h, w = x.shape
-    return (torch.rand(b, 1, h, w, generator=gen) < p).to(x.device)
+    return (rng.rand(gen, b, 1, h, w) < p).to(x.device)
 
 
 class GaussianNoise(Attack):
@@ -54,7 +57,7 @@ class GaussianNoise(Attack):
         x: Tensor,
         strength: float,
         *,
-        gen: torch.Generator,
+        gen: Gen,
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:
@@ -62,7 +65,7 @@ class GaussianNoise(Attack):
             raise WmbenchError(f"attack 'gaussian_noise': sigma {strength} must be >= 0")
         if strength == 0:
             return x
-        noise = torch.randn(x.shape, generator=gen).to(device=x.device, dtype=x.dtype)
+        noise = rng.randn(gen, *x.shape).to(device=x.device, dtype=x.dtype)
         return (x + float(strength) * noise).clamp(0, 1)  # b 3 h w
 
 
@@ -81,7 +84,7 @@ class SaltPepper(Attack):
         x: Tensor,
         strength: float,
         *,
-        gen: torch.Generator,
+        gen: Gen,
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:
@@ -108,7 +111,7 @@ class Dropout(Attack):
         x: Tensor,
         strength: float,
         *,
-        gen: torch.Generator,
+        gen: Gen,
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:
@@ -137,7 +140,7 @@ class Cropout(Attack):
         x: Tensor,
         strength: float,
         *,
-        gen: torch.Generator,
+        gen: Gen,
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:
@@ -145,8 +148,8 @@ class Cropout(Attack):
         a = _fraction(self.name, strength, "kept area ratio")
         b, _, h, w = x.shape
         ch, cw = round(h * math.sqrt(a)), round(w * math.sqrt(a))
-        y0 = torch.randint(0, h - ch + 1, (b, 1, 1), generator=gen)
-        x0 = torch.randint(0, w - cw + 1, (b, 1, 1), generator=gen)
+        y0 = rng.randint(gen, 0, h - ch + 1, b, 1, 1)
+        x0 = rng.randint(gen, 0, w - cw + 1, b, 1, 1)
         ys, xs = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
         keep = (ys >= y0) & (ys < y0 + ch) & (xs >= x0) & (xs < x0 + cw)  # b h w
         return torch.where(keep[:, None].to(x.device), x, c)  # b 3 h w

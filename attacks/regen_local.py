@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from wmbench.api import Attack, Method, SkipCell, TrainingHooks, WmbenchError, quantize_8bit
 from wmbench.checkpoints import WEIGHTS_PACKAGE, check_agrees, check_init, locate, read_arch
+from wmbench.rng import Gen
 
 from .regeneration import _pad_to, params_label
 
@@ -283,7 +284,7 @@ class RegenLocal(TrainingHooks, Attack):
         x: Tensor,
         strength: float,
         *,
-        gen: torch.Generator,
+        gen: Gen,
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:
@@ -299,9 +300,7 @@ class RegenLocal(TrainingHooks, Attack):
         }
         return out.clamp(0, 1).to(x.dtype)
 
-    def forward_st(
-        self, x: Tensor, strength: float, *, gen: torch.Generator, cover: Tensor | None = None
-    ) -> Tensor:
+    def forward_st(self, x: Tensor, strength: float, *, gen: Gen, cover: Tensor | None = None) -> Tensor:
         """Differentiable stand-in: the same codec with the latent rounded straight-through (no entropy coding;
         the value equals ``apply``'s up to float error).  b 3 h w -> b 3 h w"""
         delta = self.step(strength)

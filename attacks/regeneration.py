@@ -26,7 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wmbench import rng
 from wmbench.api import Attack, Method, SkipCell, WmbenchError
+from wmbench.rng import Gen
 
 INJECTED = "injected"
 
@@ -238,7 +240,7 @@ class CompressAI(_Regen):
         x: Tensor,
         strength: float,
         *,
-        gen: torch.Generator,
+        gen: Gen,
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:
@@ -259,12 +261,12 @@ class CompressAI(_Regen):
 # -------------------------------------------------------------------------------------------------- SD VAE
 
 
-def _encode(vae: nn.Module, x: Tensor, sample: bool, gen: torch.Generator) -> Tensor:
+def _encode(vae: nn.Module, x: Tensor, sample: bool, gen: Gen) -> Tensor:
     """Latent of an AutoencoderKL: the posterior mean, or a draw from it with ``gen``.  # b 3 h w -> b c h/f w/f"""
     dist = vae.encode(x * 2.0 - 1.0).latent_dist
     if not sample:
         return dist.mean
-    eps = torch.randn(dist.mean.shape, generator=gen).to(dist.mean)
+    eps = rng.randn(gen, *dist.mean.shape).to(dist.mean)
     return dist.mean + dist.std * eps
 
 
@@ -308,7 +310,7 @@ class SdVae(_Regen):
         x: Tensor,
         strength: float,
         *,
-        gen: torch.Generator,
+        gen: Gen,
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:
@@ -334,7 +336,7 @@ def ddim_regenerate(
     x: Tensor,
     t: int,
     steps: int,
-    gen: torch.Generator,
+    gen: Gen,
 ) -> Tensor:
     """One regeneration: z0 = E(x); z_t = √ᾱ_t z0 + √(1-ᾱ_t) ε; deterministic DDIM (η = 0) from t to 0; D(z).
 
@@ -347,7 +349,7 @@ def ddim_regenerate(
         ac = alphas_cumprod.to(device=z.device, dtype=torch.float64)
         n = max(1, math.ceil(t * steps / ac.shape[0]))
         grid = [int(round(t - i * t / n)) for i in range(n)]  # t = t_0 > t_1 > ... > t_{n-1} > 0
-        noise = torch.randn(z.shape, generator=gen).to(z)
+        noise = rng.randn(gen, *z.shape).to(z)
         a = ac[t]
         z = (a.sqrt() * z + (1 - a).sqrt() * noise).to(z.dtype)
         for i, ti in enumerate(grid):
@@ -459,7 +461,7 @@ class DiffusionRegen(_Regen):
         x: Tensor,
         strength: float,
         *,
-        gen: torch.Generator,
+        gen: Gen,
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:

@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from wmbench.api import Attack, Method, WmbenchError
 from wmbench.registry import attacks
+from wmbench.rng import Gen
 
 _STEP_KEYS = {"name", "strength", "params"}
 
@@ -108,7 +108,7 @@ class Sequence(Attack):
         x: Tensor,
         strength: float,
         *,
-        gen: torch.Generator,
+        gen: Gen,
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:
@@ -116,9 +116,7 @@ class Sequence(Attack):
             x = atk.apply(x, s, gen=gen, method=method, cover=cover)  # b 3 h w
         return x
 
-    def forward_st(
-        self, x: Tensor, strength: float, *, gen: torch.Generator, cover: Tensor | None = None
-    ) -> Tensor:
+    def forward_st(self, x: Tensor, strength: float, *, gen: Gen, cover: Tensor | None = None) -> Tensor:
         """Each step's own training form: differentiable steps stay exact, the others pass gradients through."""
         for atk, s in self._strengths(strength):
             x = atk.forward_st(x, s, gen=gen, cover=cover)

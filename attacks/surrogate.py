@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from wmbench.api import Attack, Method, SkipCell, TrainingHooks, WmbenchError, quantize_8bit
 from wmbench.checkpoints import WEIGHTS_PACKAGE, check_init, read_metadata, shipped
+from wmbench.rng import Gen
 
 from .adversarial import _choice, _eps, _num, pgd
 from .regeneration import params_label
@@ -325,7 +326,7 @@ class SurrogateTransfer(TrainingHooks, Attack):
         x: Tensor,
         strength: float,
         *,
-        gen: torch.Generator,
+        gen: Gen,
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:
@@ -349,9 +350,7 @@ class SurrogateTransfer(TrainingHooks, Attack):
             self.last_stats = {"logit_before": net(x0).cpu(), "logit_after": net(y).cpu()}
         return y.to(x.dtype)
 
-    def forward_st(
-        self, x: Tensor, strength: float, *, gen: torch.Generator, cover: Tensor | None = None
-    ) -> Tensor:
+    def forward_st(self, x: Tensor, strength: float, *, gen: Gen, cover: Tensor | None = None) -> Tensor:
         raise WmbenchError(f"attack {self.name!r} attacks a method's watermark; it is no training distortion")
 
     # ------------------------------------------------------------------------------------------ target method
@@ -367,7 +366,7 @@ class SurrogateTransfer(TrainingHooks, Attack):
             self._method = m
         return self._method
 
-    def watermark(self, x: Tensor, gen: torch.Generator) -> Tensor:
+    def watermark(self, x: Tensor, gen: Gen) -> Tensor:
         """Embed seeded random messages with the target, 8-bit rounded.  b 3 h w -> b 3 h w"""
         m = self.target_method()
         msg = torch.randint(0, 2, (x.shape[0], m.nbits), generator=gen).float().to(self.device)

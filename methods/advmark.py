@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from wmbench import rng
 from wmbench.api import WmbenchError, quantize_8bit
 from wmbench.quality import psnr_per_image, scale_to_psnr
 
@@ -177,7 +178,7 @@ class AdvMark(Hidden):
         active = torch.ones(cover.shape[0], dtype=torch.bool, device=cover.device)
         img = start.clone().requires_grad_(True)
         opt = torch.optim.Adam([img], lr=self.opt_lr)
-        gen = torch.Generator().manual_seed(self.seed)
+        gen = rng.content_gens(self.seed, cover, msg)  # per image: the same draws in any batch
         for _ in range(self.opt_steps):
             with torch.enable_grad():
                 z = img + (quantize_8bit(img) - img).detach()

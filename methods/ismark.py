@@ -61,6 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from wmbench import rng
 from wmbench.api import Attack, Method, SkipCell, TrainableMethod, TrainingHooks, WmbenchError
 from wmbench.checkpoints import check_init, read_metadata
 
@@ -478,15 +479,7 @@ class ISMark(TrainingHooks, TrainableMethod):
     # ------------------------------------------------------------------------------------------ OPT
     def _generators(self, x: Tensor, msg: Tensor) -> list[torch.Generator]:
         """One CPU generator per image, seeded from (seed, image bytes, message bits): batch-independent."""
-        xs = x.detach().float().cpu().contiguous()
-        ms = (msg.detach().cpu() > 0.5).to(torch.uint8).contiguous()
-        out = []
-        for i in range(x.shape[0]):
-            h = hashlib.sha256(str(self.seed).encode())
-            h.update(xs[i].numpy().tobytes())
-            h.update(ms[i].numpy().tobytes())
-            out.append(torch.Generator().manual_seed(int.from_bytes(h.digest()[:8], "little") >> 1))
-        return out
+        return rng.content_gens(self.seed, x, msg).gens
 
     def _message_loss(self, logits: Tensor, msg: Tensor) -> Tensor:
         """Per-sample message loss.  logits n k, msg n k in {0,1} -> n"""

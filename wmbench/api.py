@@ -19,6 +19,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from wmbench.rng import Gen
+
 
 class WmbenchError(Exception):
     """An error a user can act on: the message says which file/key/name is wrong and what to do."""
@@ -144,15 +146,13 @@ class Attack(ABC):
         x: Tensor,
         strength: float,
         *,
-        gen: torch.Generator,
+        gen: Gen,
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:
         """Attack a batch.  x: b 3 h w in [0,1] -> b 3 h w in [0,1] (same shape)."""
 
-    def forward_st(
-        self, x: Tensor, strength: float, *, gen: torch.Generator, cover: Tensor | None = None
-    ) -> Tensor:
+    def forward_st(self, x: Tensor, strength: float, *, gen: Gen, cover: Tensor | None = None) -> Tensor:
         """Training form: the attack itself when differentiable, else straight-through (identity gradient)."""
         if self.differentiable:
             return self.apply(x, strength, gen=gen, cover=cover)
