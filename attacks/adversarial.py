@@ -297,6 +297,7 @@ class PgdForge(_Pgd):
     """
 
     name = "pgd_forge"
+    goal = "forgery"
     description = "white-box PGD forgery: a clean cover made to decode as the watermarked image's message"
     needs_cover = True
     _targets = ("copy",)

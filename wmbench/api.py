@@ -134,6 +134,9 @@ class Attack(ABC):
     default_strengths: ClassVar[tuple[float, ...]] = ()
     strength_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
     family: ClassVar[str] = "distortion"
+    #: which way is good for the watermark: "removal" (a high bit accuracy after the attack = robust) or
+    #: "forgery" (a high bit accuracy = the forgery worked); rankings never average the two
+    goal: ClassVar[str] = "removal"
 
     def __init__(self, **params: Any) -> None:
         if params:
