@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from wmbench.api import WmbenchError
+from wmbench.errors import WmbenchError
 
 app = typer.Typer(
     help="wmbench: benchmark robust image watermarks — which watermark survives which attack, at what quality cost.",
@@ -151,10 +151,26 @@ def run(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the expanded cells and exit")] = False,
     device: Annotated[str | None, typer.Option(help="auto (cuda > mps > cpu), cpu, cuda, cuda:1 …")] = None,
     batch_size: Annotated[int | None, typer.Option(help="override the suite's batch size")] = None,
+    shard_size: Annotated[
+        int | None,
+        typer.Option(help="images per unit of work (default: the suite's, else 256); memory O(shard)"),
+    ] = None,
+    executor: Annotated[
+        str, typer.Option(help="local (this process) or ray (Ray actors: a local instance, or --address)")
+    ] = "local",
+    workers: Annotated[
+        int, typer.Option(help="Ray workers (actors); each owns a GPU when the cluster has them")
+    ] = 1,
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster to join (e.g. auto, or ray://head:10001); default: start one here"),
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="use only the first N images (quick profile)")] = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
-    """Run a suite: embed, attack, extract, score; resumable (rerun continues where it stopped)."""
+    """Run a suite: embed, attack, extract, score; resumable (rerun continues where it stopped).
+
+    Values never depend on --batch-size, --shard-size, --executor or --workers, so a resume may change them."""
     from wmbench.report import leaderboard, quality_table, write_report
     from wmbench.runner import Runner, RunOptions
 
@@ -169,7 +185,17 @@ def run(
             out_dir = Path("results") / f"{s.name}-limit{limit}"
         runner = Runner(
             s,
-            RunOptions(out=out_dir, fresh=fresh, device=device, batch_size=batch_size, progress=progress),
+            RunOptions(
+                out=out_dir,
+                fresh=fresh,
+                device=device,
+                batch_size=batch_size,
+                shard_size=shard_size,
+                executor=executor,
+                workers=workers,
+                address=address,
+                progress=progress,
+            ),
             console=err,
         )
         res = runner.run()
@@ -276,7 +302,7 @@ def compare(
 ) -> None:
     """Compare two runs per method × attack × strength; exit 1 on a regression beyond tolerance or missing cells."""
     from wmbench.compare import compare as do_compare
-    from wmbench.compare import load_summary
+    from wmbench.compare import fmt_range, load_summary
 
     try:
         res = do_compare(load_summary(baseline), load_summary(new), tol_acc, tol_psnr)
@@ -287,16 +313,17 @@ def compare(
         "attack",
         "strength",
         "bit_acc base→new",
+        "new 95% CI",
         "Δ",
         "TPR base→new",
+        "new 95% CI",
         "Δ",
-        "PSNR base→new",
-        "Δ",
+        "PSNR Δ",
         "status",
-        title=f"compare (tol acc {tol_acc:g}, psnr {tol_psnr:g} dB)",
+        title=f"compare (tol acc {tol_acc:g}, psnr {tol_psnr:g} dB; * = change beyond a 95% CI)",
     )
     for _, r in res.table.iterrows():
-        if not show_all and r["status"] == "ok":
+        if not show_all and r["status"] == "ok" and not r["beyond_noise"]:
             continue
         style = {"REGRESSION": "red", "improved": "green"}.get(r["status"], "")
         t.add_row(
@@ -304,10 +331,11 @@ def compare(
             r["attack"],
             f"{r['strength']:g}",
             f"{r['bit_acc_base']:.3f}→{r['bit_acc_new']:.3f}",
-            f"{r['d_bit_acc']:+.3f}",
+            fmt_range(r["bit_acc_lo_new"], r["bit_acc_hi_new"]),
+            f"{r['d_bit_acc']:+.3f}" + ("*" if r["beyond_noise"] else ""),
             f"{r['tpr_base']:.3f}→{r['tpr_new']:.3f}",
+            fmt_range(r["tpr_lo_new"], r["tpr_hi_new"]),
             f"{r['d_tpr']:+.3f}",
-            f"{r['psnr_base']:.2f}→{r['psnr_new']:.2f}",
             f"{r['d_psnr']:+.2f}",
             r["status"],
             style=style,
