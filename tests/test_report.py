@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -12,6 +13,7 @@ import wmtest_plugins
 import yaml
 from typer.testing import CliRunner
 
+from wmbench.api import WmbenchError
 from wmbench.cli import app
 from wmbench.compare import compare, load_summary, write_summary
 from wmbench.report import build_report
@@ -44,9 +46,19 @@ def run_dir(tmp_path_factory) -> Path:
 def test_report_has_every_section_and_embeds_images(run_dir, tmp_path):
     files = build_report([run_dir], tmp_path / "out")
     md, page = files["md"].read_text(), files["html"].read_text()
-    for section in ("Leaderboard", "Image quality", "Robustness: distortion attacks", "Plots", "Image grids"):
+    for section in (
+        "Ranking (removal attacks)",
+        "Image quality",
+        "Clean covers: are the decoded bits fair coins?",
+        "Paired comparisons: distortion attacks",
+        "Robustness: distortion attacks",
+        "Plots",
+        "Image grids",
+    ):
         assert section in md and section in page
     assert "TPR@0.001 analytic" in md and "empirical" in md
+    assert "Holm" in md and "Cells (3): jpeg 90, jpeg 30, gaussian_blur 1" in md
+    assert re.search(r"\| 1 \| ss_strong \| \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", md)  # rank with its interval
     imgs = re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(imgs) >= 5  # 2 curves + scatter + one grid per method
     assert all(len(b) > 1000 for b in imgs)
@@ -60,6 +72,63 @@ def test_report_merges_runs(run_dir, tmp_path):
     shutil.copytree(run_dir, other)
     files = build_report([run_dir, other], tmp_path / "merged")
     assert files["md"].read_text().count("test_ss [rep]") >= 2  # same label from two runs kept apart
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "word"),
+    [("seed", 7, "seed"), ("target_fpr", 0.01, "target FPR"), ("images", {"sha256": "0" * 64}, "image set")],
+)
+def test_report_refuses_runs_that_differ_unless_pooled(run_dir, tmp_path, key, value, word):
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    man = json.loads((other / "manifest.json").read_text())
+    man[key] = {**man[key], **value} if isinstance(value, dict) else value
+    (other / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(WmbenchError, match=f"differ in {word}.*--pool"):
+        build_report([run_dir, other], tmp_path / "refused")
+    r = cli.invoke(app, ["report", str(run_dir), str(other), "--out", str(tmp_path / "cli"), "--quiet"])
+    assert r.exit_code == 2 and "--pool" in r.output
+    md = build_report([run_dir, other], tmp_path / "pooled", pool=True)["md"].read_text()
+    assert f"Pooled runs that differ in {word}" in md
+
+
+def test_summary_has_intervals_pairs_and_ranking(run_dir, tmp_path):
+    p = write_summary(run_dir, tmp_path / "s.json")
+    data = json.loads(p.read_text())
+    cell = next(c for c in data["cells"] if c["attack"] == "jpeg" and c["strength"] == 30)
+    for f in ("bit_acc", "tpr", "psnr"):
+        lo, hi = cell[f"{f}_ci"]
+        assert lo <= cell[f] <= hi and lo < hi
+    assert {"a", "b", "attack", "strength", "diff", "ci", "p_value", "p_holm"} <= set(data["pairs"][0])
+    assert len(data["pairs"]) == 4  # one pair of methods x (identity + 3 attack cells)
+    assert [r["method"] for r in data["ranking"]] == ["ss_strong", "test_ss"]
+    assert all(r["ci"][0] <= r["score"] <= r["ci"][1] for r in data["ranking"])
+    assert {(c["attack"], c["strength"]) for c in data["ranking_cells"]} == {
+        ("jpeg", 90.0),
+        ("jpeg", 30.0),
+        ("gaussian_blur", 1.0),
+    }
+    assert "nan" not in p.read_text().lower()  # strict JSON
+
+
+def test_compare_reads_old_and_new_summaries(run_dir, tmp_path):
+    new = write_summary(run_dir, tmp_path / "new.json")
+    old = json.loads(new.read_text())
+    old["cells"] = [
+        {
+            k: v
+            for k, v in c.items()
+            if k in ("method", "attack", "strength", "n", "unit", "bit_acc", "tpr", "psnr")
+        }
+        for c in old["cells"]
+    ]
+    (tmp_path / "old.json").write_text(json.dumps({"cells": old["cells"]}))
+    for a, b in ((tmp_path / "old.json", new), (new, tmp_path / "old.json"), (new, run_dir)):
+        r = cli.invoke(app, ["compare", str(a), str(b), "--all"])
+        assert r.exit_code == 0, r.output
+    assert "0 regressions" in r.output
+    t = compare(load_summary(tmp_path / "old.json"), load_summary(new)).table
+    assert t["bit_acc_lo_base"].isna().all() and (t["bit_acc_lo_new"] <= t["bit_acc_new"]).all()
 
 
 def test_compare_identical_is_0_and_planted_regression_is_1(run_dir, tmp_path):

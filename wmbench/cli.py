@@ -171,7 +171,7 @@ def run(
     """Run a suite: embed, attack, extract, score; resumable (rerun continues where it stopped).
 
     Values never depend on --batch-size, --shard-size, --executor or --workers, so a resume may change them."""
-    from wmbench.report import leaderboard, quality_table, write_report
+    from wmbench.report import summary_table, write_report
     from wmbench.runner import Runner, RunOptions
 
     try:
@@ -204,25 +204,7 @@ def run(
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     report = write_report(res.out)
-    board = leaderboard(res.rows, s.target_fpr)
-    q = quality_table(res.rows).set_index("method")
-    t = Table(title=f"{s.name}: summary (acc/TPR = means over attack cells)")
-    t.add_column("method", no_wrap=True)
-    for c in ("PSNR", "SSIM", "LPIPS", "clean acc", "acc", f"TPR@{s.target_fpr:g}", "cells"):
-        t.add_column(c, justify="right")
-    for _, r in board.iterrows():
-        m = r["method"]
-        t.add_row(
-            m,
-            f"{r['psnr']:.2f}",
-            f"{r['ssim']:.4f}",
-            f"{r['lpips']:.4f}",
-            str(q.loc[m, "clean bit_acc"]),
-            f"{r['mean_bit_acc']:.3f}",
-            f"{r['mean_tpr_analytic']:.3f}",
-            str(r["n_cells"]),
-        )
-    out.print(t)
+    out.print(summary_table(res.out))
     tm = res.manifest
     out.print(f"{tm['n_rows']} rows · wall {tm['wall_s']} s · device {tm['device']}")
     out.print(f"run folder: [bold]{res.out}[/]", soft_wrap=True)
@@ -242,6 +224,12 @@ def report(
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option(help="do not print the markdown")] = False,
+    pool: Annotated[
+        bool,
+        typer.Option(
+            help="merge runs even when their images, seeds or target FPRs differ (the report says so)"
+        ),
+    ] = False,
 ) -> None:
     """Write report.md, a self-contained report.html and PNG plots; print the markdown."""
     from wmbench.report import build_report
@@ -250,7 +238,7 @@ def report(
         run[0] if len(run) == 1 else Path("results") / ("report-" + "+".join(r.name for r in run))
     )
     try:
-        files = build_report(run, target)
+        files = build_report(run, target, pool=pool)
     except WmbenchError as e:
         raise _fail(e) from None
     if not quiet:
@@ -282,7 +270,8 @@ def summarize(
     run: Annotated[Path, typer.Argument(help="run folder")],
     out_file: Annotated[Path, typer.Argument(help="summary JSON to write (e.g. results/baselines/ci.json)")],
 ) -> None:
-    """Write a run's per-cell means as a small JSON (a baseline for `wmbench compare`)."""
+    """Write a run's per-cell figures with 95% intervals, paired comparisons and rankings as a small JSON (a
+    baseline for `wmbench compare`)."""
     from wmbench.compare import write_summary
 
     try:

@@ -1,4 +1,5 @@
-"""Report figures (matplotlib, Agg): accuracy-vs-strength curves, quality-vs-robustness scatter, image grids."""
+"""Report figures (matplotlib, Agg): accuracy-vs-strength curves with 95 % bands, quality-vs-robustness scatter
+with error bars, image grids."""
 
 from __future__ import annotations
 
@@ -16,30 +17,40 @@ from PIL import Image  # noqa: E402
 from wmbench.store import cell_key, example_path  # noqa: E402
 
 
-def curves(df: pd.DataFrame, path: Path, metric: str = "bit_acc") -> Path | None:
-    """One panel per attack (strength in its unit on x), one line per method; identity is left out."""
-    wm = df[(df["source"] == "watermarked") & (df["attack"] != "identity")]
-    attacks = list(dict.fromkeys(wm["attack"]))
+def curves(cells: pd.DataFrame, wm: pd.DataFrame, path: Path, metric: str = "bit_acc") -> Path | None:
+    """One panel per attack (strength in its unit on x), one line per method with its 95 % band (``cells``: the
+    per-cell table of ``analysis.cell_table``); identity is left out, forgery panels say so."""
+    c = cells[cells["attack"] != "identity"]
+    attacks = list(dict.fromkeys(c["attack"]))
     if not attacks:
         return None
-    methods = list(dict.fromkeys(df["method"]))
+    methods = list(dict.fromkeys(cells["method"]))
     cols = min(4, len(attacks))
     rows = math.ceil(len(attacks) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), squeeze=False)
     for ax, atk in zip(axes.flat, attacks, strict=False):
-        g = wm[wm["attack"] == atk]
-        for m in methods:
-            gm = g[g["method"] == m].groupby("strength")[metric].mean().sort_index()
+        g = c[c["attack"] == atk]
+        for i, m in enumerate(methods):
+            gm = g[g["method"] == m].sort_values("strength")
             if len(gm):
-                ax.plot(gm.index, gm.values, marker="o", ms=3, label=m)
+                color = f"C{i % 10}"
+                err = np.nan_to_num([gm[metric] - gm[f"{metric}_lo"], gm[f"{metric}_hi"] - gm[metric]])
+                ax.errorbar(
+                    gm["strength"], gm[metric], yerr=err, marker="o", ms=3, capsize=2, label=m, color=color
+                )
+                ax.fill_between(
+                    gm["strength"], gm[f"{metric}_lo"], gm[f"{metric}_hi"], color=color, alpha=0.15
+                )
         xs = sorted(g["strength"].unique())
         if len(xs) == 1:
             ax.set_xticks(xs)
-        if _descending(g["attack_name"].iloc[0]):
+        name = wm[wm["attack"] == atk]["attack_name"].iloc[0]
+        if _descending(name):
             ax.invert_xaxis()  # e.g. JPEG quality: weaker -> stronger reads left -> right
-        ax.set_title(atk, fontsize=9)
+        forged = (g["goal"] == "forgery").any()
+        ax.set_title(f"{atk} (forgery: lower is better)" if forged else atk, fontsize=9)
         ax.set_xlabel(g["unit"].iloc[0], fontsize=8)
-        low = float(g.groupby(["method", "strength"])[metric].mean().min()) if len(g) else 0.4
+        low = float(np.nanmin(g[f"{metric}_lo"].to_numpy(dtype=float))) if len(g) else 0.4
         ax.set_ylim(
             min(0.4, low - 0.05) if metric == "bit_acc" else -0.02, 1.02
         )  # inverted reads stay visible
@@ -68,19 +79,36 @@ def _descending(attack_name: str) -> bool:
     return lo > hi
 
 
-def scatter(board: pd.DataFrame, path: Path) -> Path | None:
-    """Quality (mean PSNR of the watermark) vs robustness (mean bit accuracy over attacks), one point per method."""
-    b = board[np.isfinite(board["psnr"].astype(float))]
+def scatter(ranking: pd.DataFrame, quality: pd.DataFrame, path: Path) -> Path | None:
+    """Quality (watermark PSNR) vs robustness (ranking score), one point per method, both with 95 % error bars.
+    The y axis always spans chance (0.5) to 1, so two close methods do not look far apart."""
+    b = ranking.merge(quality, on="method")
+    b = b[np.isfinite(b["psnr"].astype(float))]
     if b.empty:
         return None
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    ax.scatter(b["psnr"], b["mean_bit_acc"], s=40)
-    for _, r in b.iterrows():
-        ax.annotate(
-            r["method"], (r["psnr"], r["mean_bit_acc"]), fontsize=8, xytext=(4, 3), textcoords="offset points"
+    order = list(quality["method"])
+    for r in b.to_dict(orient="records"):
+        i = order.index(r["method"])
+        xerr = [[r["psnr"] - r["psnr_lo"]], [r["psnr_hi"] - r["psnr"]]]
+        yerr = [[r["score"] - r["score_lo"]], [r["score_hi"] - r["score"]]]
+        ax.errorbar(
+            r["psnr"],
+            r["score"],
+            xerr=np.nan_to_num(xerr),
+            yerr=np.nan_to_num(yerr),
+            fmt="o",
+            ms=5,
+            capsize=3,
+            color=f"C{i % 10}",
         )
+        ax.annotate(
+            r["method"], (r["psnr"], r["score"]), fontsize=8, xytext=(4, 3), textcoords="offset points"
+        )
+    ax.set_ylim(min(0.45, float(b["score_lo"].min()) - 0.02), 1.01)
+    ax.axhline(0.5, color="grey", lw=0.6, ls=":")
     ax.set_xlabel("quality: mean PSNR of watermarked vs cover (dB)")
-    ax.set_ylabel("robustness: mean bit accuracy over attacks")
+    ax.set_ylabel("robustness: mean bit acc. (shared cells)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -1,8 +1,10 @@
 """Reports people read: report.md + one self-contained report.html (images embedded) + PNG plots beside them.
 
-TPR is given twice and labelled: *analytic* (matching bits ≥ the binomial threshold for the suite's target FPR,
-assuming independent fair bits on unwatermarked images) and *empirical* (threshold taken from the same method's
-scores on the clean covers; with n clean images the smallest resolvable FPR is 1/n).
+Every figure carries its 95 % interval (docs/statistics.md). TPR is given twice and labelled: *analytic*
+(matching bits ≥ the binomial threshold for the suite's target FPR, assuming independent fair bits on
+unwatermarked images) and *empirical* (threshold taken from the same method's scores on the clean covers; with n
+clean images the smallest resolvable FPR is 1/n). The ranking uses only the removal cells every method ran;
+forgery cells are ranked on their own.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from wmbench import analysis, stats
 from wmbench.api import WmbenchError
 from wmbench.store import load_results, safe_name
 
@@ -36,60 +39,92 @@ def _fmt(v: object, nd: int = 3) -> str:
     return str(v)
 
 
-def _finite_mean(s: pd.Series) -> float:
-    v = s.to_numpy(dtype=float)
-    v = v[np.isfinite(v)]
-    return float(v.mean()) if len(v) else math.nan
+def _ci(r: dict | pd.Series, name: str, nd: int = 3) -> str:
+    """``value [lo, hi]`` from a row holding ``name``, ``name_lo``, ``name_hi``."""
+    return stats.Estimate(float(r[name]), float(r[f"{name}_lo"]), float(r[f"{name}_hi"]), 0).fmt(nd)
 
 
-def robustness_table(df: pd.DataFrame, fpr: float, family: str | None = None) -> pd.DataFrame:
-    """One row per method × attack × strength: bit accuracy, TPR (analytic, empirical), PSNR of the attack."""
+def _p(p: float) -> str:
+    if not np.isfinite(p):
+        return "–"
+    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def robustness_table(
+    wm: pd.DataFrame, clean: pd.DataFrame, fpr: float, family: str | None = None
+) -> pd.DataFrame:
+    """One row per method × attack × strength: bit accuracy, word accuracy, TPR (analytic, empirical), PSNR of
+    the attack, each with its 95 % interval. Forgery cells are marked: there a high value is the attacker's win."""
     from wmbench.metrics import empirical_tpr
 
-    wm = df[df["source"] == "watermarked"]
     if family is not None:
         wm = wm[wm["family"] == family]
-    clean = df[df["source"] == "clean"]
     out = []
-    for (method, attack, strength), g in wm.groupby(["method", "attack", "strength"], sort=False):
-        c = clean[clean["method"] == method]["matches"].to_numpy()
-        emp = empirical_tpr(g["matches"].to_numpy(), c, fpr) if len(c) else {"tpr": math.nan, "n_clean": 0}
+    cells = analysis.cell_table(wm)
+    for r, (_, g) in zip(cells.to_dict(orient="records"), wm.groupby(analysis.KEY, sort=False), strict=True):
+        c = clean[clean["method"] == r["method"]]["matches"].to_numpy()
+        emp, n_clean = stats.NAN, len(c)
+        if n_clean:
+            thr = empirical_tpr(g["matches"].to_numpy(), c, fpr)["threshold"]
+            emp = stats.proportion(g["matches"].to_numpy() > thr)
+        forged = r["goal"] == analysis.FORGERY
         out.append(
             {
-                "method": method,
-                "attack": attack,
-                "strength": f"{strength:g}",
-                "unit": g["unit"].iloc[0],
-                "n": len(g),
-                "bit_acc": _fmt(g["bit_acc"].mean()),
-                "word_acc": _fmt(g["word_acc"].mean()),
-                f"TPR@{fpr:g} analytic": _fmt(g["detected"].mean()),
-                f"TPR@{fpr:g} empirical (n_clean={emp['n_clean']})": _fmt(emp["tpr"]),
-                "PSNR attacked": _fmt(_finite_mean(g["psnr_attacked"]), 2),
+                "method": r["method"],
+                "attack": f"{r['attack']} (forgery: lower is better)" if forged else r["attack"],
+                "strength": f"{r['strength']:g}",
+                "unit": r["unit"],
+                "n": r["n"],
+                "bit_acc": _ci(r, "bit_acc"),
+                "word_acc": _ci(r, "word_acc"),
+                f"TPR@{fpr:g} analytic": _ci(r, "tpr"),
+                f"TPR@{fpr:g} empirical (n_clean={n_clean})": emp.fmt(),
+                "PSNR attacked": _ci(r, "psnr_attacked", 2),
             }
         )
     return pd.DataFrame(out)
 
 
-def quality_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Watermarked vs cover, per method (from the identity rows: one per image)."""
-    ident = df[(df["attack"] == "identity") & (df["source"] == "watermarked")]
-    clean = df[df["source"] == "clean"]
-    out = []
-    for method, g in ident.groupby("method", sort=False):
-        c = clean[clean["method"] == method]
-        out.append(
+def fairness_table(clean: pd.DataFrame) -> pd.DataFrame:
+    """Per method: are the bits its decoder reads from the clean covers independent fair coins? (key-free)"""
+    rows = []
+    for method, g in clean.groupby("method", sort=False):
+        bits = np.stack([np.asarray(x, dtype=np.float64) > 0 for x in g["logits"]]).astype(np.int64)
+        f = stats.fairness(bits)
+        rows.append(
             {
                 "method": method,
-                "nbits": int(g["nbits"].iloc[0]),
-                "n": len(g),
-                "PSNR": _fmt(_finite_mean(g["psnr"]), 2),
-                "SSIM": _fmt(g["ssim"].mean(), 4),
-                "MS-SSIM": _fmt(g["ms_ssim"].mean(), 4),
-                "LPIPS": _fmt(g["lpips"].mean(), 4),
-                "clean bit_acc": _fmt(g["bit_acc"].mean()),
-                "bit_acc on covers": _fmt(c["bit_acc"].mean()) if len(c) else "–",
-                "FPR analytic on covers": _fmt(c["detected"].mean()) if len(c) else "–",
+                "n clean": f["n"],
+                "share of 1s": _fmt(f["mean_p_one"]),
+                "max bit bias": _fmt(f["max_bit_bias"]),
+                "balance p": _p(float(f["balance_p"])),
+                "var(#1s) / (k/4)": _fmt(f["variance_ratio"], 2),
+                "dispersion p": _p(float(f["dispersion_p"])),
+                "fair coins?": "yes" if f["fair"] else "NO: analytic FPR not trustworthy",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def quality_table(wm: pd.DataFrame, clean: pd.DataFrame) -> pd.DataFrame:
+    """Watermarked vs cover, per method (identity rows: one per image), with 95 % t intervals."""
+    q = analysis.quality_stats(wm)
+    ident = wm[wm["attack"] == "identity"]
+    out = []
+    for r in q.to_dict(orient="records"):
+        g = ident[ident["method"] == r["method"]]
+        c = clean[clean["method"] == r["method"]]
+        out.append(
+            {
+                "method": r["method"],
+                "nbits": r["nbits"],
+                "n": r["n"],
+                "PSNR": _ci(r, "psnr", 2),
+                "SSIM": _ci(r, "ssim", 4),
+                "MS-SSIM": _ci(r, "ms_ssim", 4),
+                "LPIPS": _ci(r, "lpips", 4),
+                "clean bit_acc": _ci(r, "clean_bit_acc"),
+                "FPR analytic on covers": stats.proportion(c["detected"].to_numpy()).fmt() if len(c) else "–",
                 "embed s/img": _fmt(g["t_embed"].mean(), 4),
                 "extract s/img": _fmt(g["t_extract"].mean(), 4),
             }
@@ -97,64 +132,71 @@ def quality_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def leaderboard(df: pd.DataFrame, fpr: float) -> pd.DataFrame:
-    """Methods ranked by mean bit accuracy over every attack cell (identity excluded), with TPR and quality."""
-    from wmbench.metrics import empirical_tpr
-
-    wm = df[df["source"] == "watermarked"]
+def ranking_table(r: analysis.Ranking, fpr: float) -> pd.DataFrame:
+    """The ranking as a display table: score and TPR with intervals, and whether a rank is separable from the
+    next (Holm-adjusted paired t p-value)."""
+    if r.empty:
+        return pd.DataFrame()
+    score = "forgery success (lower is better)" if r.goal == analysis.FORGERY else "score: mean bit_acc"
     rows = []
-    for method, g in wm.groupby("method", sort=False):
-        att = g[g["attack"] != "identity"]
-        ident = g[g["attack"] == "identity"]
-        cells = att.groupby(["attack", "strength"], sort=False)
-        clean = df[(df["source"] == "clean") & (df["method"] == method)]["matches"].to_numpy()
-        emp = (
-            [empirical_tpr(x["matches"].to_numpy(), clean, fpr)["tpr"] for _, x in cells]
-            if len(clean)
-            else []
-        )
+    for x in r.table.to_dict(orient="records"):
+        p = x["p_vs_next"]
+        nxt = "–" if not np.isfinite(p) else f"{'yes' if p < 0.05 else 'no'} (p={_p(p)})"
         rows.append(
             {
-                "method": method,
-                "mean_bit_acc": float(cells["bit_acc"].mean().mean()) if len(att) else math.nan,
-                "mean_tpr_analytic": float(cells["detected"].mean().mean()) if len(att) else math.nan,
-                "mean_tpr_empirical": float(np.nanmean(emp)) if emp else math.nan,
-                "psnr": _finite_mean(ident["psnr"]),
-                "ssim": float(ident["ssim"].mean()),
-                "lpips": float(ident["lpips"].mean()),
-                "n_cells": len(cells),
+                "rank": x["rank"],
+                "method": x["method"],
+                score: _ci(x, "score"),
+                f"mean TPR@{fpr:g} analytic": _ci(x, "tpr"),
+                "images": x["n_images"],
+                "differs from next?": nxt,
             }
         )
-    board = pd.DataFrame(rows)
-    if board.empty:
-        return board
-    board = board.sort_values("mean_bit_acc", ascending=False).reset_index(drop=True)
-    board.insert(0, "rank (bit acc)", range(1, len(board) + 1))
-    board.insert(1, "rank (TPR)", board["mean_tpr_analytic"].rank(ascending=False, method="min").astype(int))
-    return board
+    return pd.DataFrame(rows)
 
 
-def _board_display(board: pd.DataFrame, fpr: float) -> pd.DataFrame:
-    d = board.copy()
-    for c, nd in (
-        ("mean_bit_acc", 3),
-        ("mean_tpr_analytic", 3),
-        ("mean_tpr_empirical", 3),
-        ("psnr", 2),
-        ("ssim", 4),
-        ("lpips", 4),
-    ):
-        d[c] = d[c].map(lambda v, nd=nd: _fmt(float(v), nd))
-    return d.rename(
-        columns={
-            "mean_tpr_analytic": f"mean TPR@{fpr:g} analytic",
-            "mean_tpr_empirical": f"mean TPR@{fpr:g} empirical",
-            "psnr": "PSNR",
-            "ssim": "SSIM",
-            "lpips": "LPIPS",
-            "mean_bit_acc": "mean bit_acc",
-        }
-    )
+def cells_line(r: analysis.Ranking) -> str:
+    """The cells a ranking used, and those it left out with the methods that lack them."""
+    used = ", ".join(f"{a} {s:g}" for a, s in r.cells) or "none"
+    line = f"Cells ({len(r.cells)}): {used}."
+    if r.left_out:
+        left = "; ".join(
+            f"{x['attack']} {x['strength']:g} (not run by {', '.join(x['missing'])})" for x in r.left_out
+        )
+        line += f" Left out (not shared by every method): {left}."
+    return line
+
+
+def summary_table(run: str | Path):  # -> rich.table.Table
+    """The console summary ``wmbench run`` prints: the overall ranking with intervals, quality and clean reads."""
+    from rich.table import Table
+
+    df, man = load_results(run)
+    fpr = float(man.get("target_fpr", 1e-3))
+    wm = analysis.watermarked(df, [man])
+    r = analysis.rank(wm)
+    q = analysis.quality_stats(wm).set_index("method")
+    t = Table(title=f"{man.get('suite_name')}: ranking over {len(r.cells)} shared removal cells (95% CI)")
+    t.add_column("#", justify="right")
+    t.add_column("method", no_wrap=True)
+    for c in ("mean bit_acc", f"TPR@{fpr:g}", "PSNR", "SSIM", "LPIPS", "clean acc"):
+        t.add_column(c, justify="right")
+    order = list(r.table["method"]) if not r.empty else list(q.index)
+    scores = r.table.set_index("method") if not r.empty else None
+    for i, m in enumerate(order, 1):
+        s = scores.loc[m] if scores is not None else None
+        qm = q.loc[m] if m in q.index else None
+        t.add_row(
+            str(i) if s is not None else "–",
+            m,
+            _ci(s, "score") if s is not None else "–",
+            _ci(s, "tpr") if s is not None else "–",
+            _ci(qm, "psnr", 2) if qm is not None else "–",
+            _ci(qm, "ssim", 4) if qm is not None else "–",
+            _ci(qm, "lpips", 4) if qm is not None else "–",
+            _ci(qm, "clean_bit_acc") if qm is not None else "–",
+        )
+    return t
 
 
 # ------------------------------------------------------------------------------------------ rendering
@@ -184,9 +226,10 @@ def _html_table(df: pd.DataFrame) -> str:
 
 
 def _note_html(note: str) -> str:
-    """The few markdown marks the notes use (`code`, *em*) as HTML."""
+    """The few markdown marks the notes use (`code`, **strong**, *em*) as HTML."""
     t = html.escape(note)
     t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
+    t = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", t)
     return re.sub(r"\*([^*]+)\*", r"<em>\1</em>", t)
 
 
@@ -221,6 +264,51 @@ def _merge_runs(runs: list[Path]) -> tuple[pd.DataFrame, list[dict]]:
     return df, mans
 
 
+def _run_key(man: dict) -> dict[str, object]:
+    """What must agree for two runs' numbers to share one table: the covers, the seed, the target FPR."""
+    imgs = man.get("images") or {}
+    return {
+        "image set": imgs.get("sha256") or tuple(imgs.get("ids") or ()),
+        "seed": man.get("seed"),
+        "target FPR": man.get("target_fpr"),
+    }
+
+
+def check_runs(runs: list[Path], mans: list[dict], pool: bool) -> list[str]:
+    """Refuse to merge runs that differ in images, seed or target FPR unless ``pool``; -> notes for the report."""
+    keys = [_run_key(m) for m in mans]
+    differ = [k for k in keys[0] if any(x[k] != keys[0][k] for x in keys[1:])]
+    if not differ:
+        return []
+    detail = "; ".join(
+        f"{k}: " + ", ".join(f"{r.name}={_short(x[k])}" for r, x in zip(runs, keys, strict=True))
+        for k in differ
+    )
+    if not pool:
+        raise WmbenchError(
+            f"report: the runs differ in {', '.join(differ)} ({detail}), so their numbers are not comparable in "
+            "one ranking; report them one by one, or pass --pool to merge them anyway (the report then says so)"
+        )
+    notes = [f"**Pooled runs that differ in {', '.join(differ)}** ({detail})."]
+    if "image set" in differ:
+        notes.append(
+            "Methods from different runs were measured on different images: their comparisons are unpaired "
+            "(Welch t) and the ranking's shared cells do not mean shared images."
+        )
+    if "target FPR" in differ:
+        fpr = min(float(m.get("target_fpr", 1e-3)) for m in mans)
+        notes.append(f"Detection was recomputed for every run at the lowest target FPR, {fpr:g}.")
+    return notes
+
+
+def _short(v: object) -> str:
+    if isinstance(v, str) and len(v) > 12:
+        return v[:12] + "…"
+    if isinstance(v, tuple):
+        return f"{len(v)} ids"
+    return str(v)
+
+
 def _problem_lines(mans: list[dict]) -> list[str]:
     """Errors one per line; skipped cells grouped per suite × attack (one reason shown, the rest counted)."""
     lines = []
@@ -243,33 +331,127 @@ def _problem_lines(mans: list[dict]) -> list[str]:
     return lines
 
 
-def build_report(runs: list[Path], out: Path) -> dict[str, Path]:
-    """Write report.md, report.html and the PNG plots into ``out``; returns their paths."""
+def _sections(df: pd.DataFrame, mans: list[dict], fpr: float) -> list[tuple[str, str, pd.DataFrame | None]]:
+    """Every table of the report, in reading order: (title, note, table)."""
+    wm = analysis.watermarked(df, mans)
+    clean = df[df["source"] == "clean"]
+    ranks = analysis.rankings(wm)
+    overall = ranks.pop("overall")
+    forgery = ranks.pop("forgery", None)
+    q = analysis.quality_stats(wm)
+    qnote = analysis.quality_note(q)
+    out: list[tuple[str, str, pd.DataFrame | None]] = [
+        (
+            "Ranking (removal attacks)",
+            "Mean bit accuracy over the removal cells every method ran, averaged per image first; 95 % interval: "
+            "t over images (never narrower than independent bits allow). *differs from next?*: paired t on the "
+            "per-image scores, Holm-adjusted over the list. "
+            + cells_line(overall)
+            + (f" {qnote}" if qnote else ""),
+            ranking_table(overall, fpr),
+        )
+    ]
+    for fam, r in ranks.items():
+        out.append((f"Ranking: {fam} attacks", cells_line(r), ranking_table(r, fpr)))
+    if forgery is not None:
+        out.append(
+            (
+                "Forgery (lower is better)",
+                "White-box forgery cells, ranked on their own: the score is the bit accuracy of a forged clean "
+                "cover against the message, i.e. how well the attacker copied the watermark. "
+                + cells_line(forgery),
+                ranking_table(forgery, fpr),
+            )
+        )
+    out.append(
+        (
+            "Image quality",
+            "Watermarked vs cover, per method, 95 % t intervals. `clean bit_acc`: read back right after "
+            "embedding. `FPR analytic on covers`: clean covers detected at the analytic threshold (Clopper–Pearson)."
+            + (f" {qnote}" if qnote else ""),
+            quality_table(wm, clean),
+        )
+    )
+    if len(clean):
+        out.append(
+            (
+                "Clean covers: are the decoded bits fair coins?",
+                "The analytic threshold assumes a decoder reading an unwatermarked image returns independent fair "
+                "coins. With a random message per image, clean covers match Binomial(k, ½) whatever the decoder, so "
+                "this checks the bits themselves: per-bit balance (χ²) and the variance of the number of ones "
+                "against k/4 (correlated bits inflate it). NO = a p-value below 0.005. These few covers only catch "
+                "gross bias: `wmbench calibrate METHOD` decodes ≥ 1,000 clean images (docs/statistics.md).",
+                fairness_table(clean),
+            )
+        )
+    pairs = analysis.pairwise(wm)
+    fams = [f for f in dict.fromkeys(wm[wm["goal"] == analysis.REMOVAL]["family"]) if f != "none"]
+    for fam in fams:
+        if pairs.empty or len(dict.fromkeys([*pairs["a"], *pairs["b"]])) < 2:
+            break
+        out.append(
+            (
+                f"Paired comparisons: {fam} attacks",
+                "Row − column: mean difference of bit accuracy over the cells of this family both methods ran "
+                "(same images). In brackets: cells where the row is significantly better / worse — paired t-test "
+                f"per cell, Holm-adjusted over all {len(pairs)} method pairs × cells of the report (α = 0.05).",
+                analysis.family_matrix(pairs, fam),
+            )
+        )
+    for fam in FAMILIES:
+        t = robustness_table(wm, clean, fpr, fam)
+        if not t.empty:
+            out.append(
+                (
+                    f"Robustness: {fam} attacks",
+                    f"Bit = logit > 0; 95 % intervals. TPR@{fpr:g}: *analytic* = matching bits ≥ the one-sided "
+                    "binomial threshold (Clopper–Pearson over images); *empirical* = threshold from the method's "
+                    "scores on the clean covers (smallest resolvable FPR = 1/n_clean).",
+                    t,
+                )
+            )
+    other = wm[~wm["family"].isin((*FAMILIES, "none"))]
+    if not other.empty:
+        out.append(("Robustness: other attacks", "", robustness_table(other, clean, fpr)))
+    return out
+
+
+def build_report(runs: list[Path], out: Path, pool: bool = False) -> dict[str, Path]:
+    """Write report.md, report.html and the PNG plots into ``out``; returns their paths. Runs that differ in
+    images, seed or target FPR are refused unless ``pool``."""
     from wmbench import plots
 
     if not runs:
         raise WmbenchError("report: give at least one run folder")
-    df, mans = _merge_runs([Path(r) for r in runs])
+    paths = [Path(r) for r in runs]
+    df, mans = _merge_runs(paths)
+    notes = check_runs(paths, mans, pool) if len(paths) > 1 else []
+    if any(n.startswith("Methods from different runs") for n in notes):  # unpaired: keep image ids apart
+        df["image_id"] = df["_run"] + ":" + df["image_id"].astype(str)
     out.mkdir(parents=True, exist_ok=True)
     fprs = {float(m.get("target_fpr", 1e-3)) for m in mans}
     fpr = min(fprs)
-    if len(fprs) > 1:  # detection columns were computed per run; recompute for one common FPR
+    if len(fprs) > 1:  # only when pooled (check_runs says so in the report)
         from wmbench.metrics import analytic_threshold
 
         df["detected"] = [
             m >= analytic_threshold(int(k), fpr) for m, k in zip(df["matches"], df["nbits"], strict=True)
         ]
-    board = leaderboard(df, fpr)
+    wm = analysis.watermarked(df, mans)
+    cells = analysis.cell_table(wm)
     files: dict[str, Path] = {}
     figs: list[tuple[str, Path]] = []
-    if (p := plots.curves(df, out / "curves_bit_acc.png")) is not None:
-        figs.append(("Bit accuracy vs attack strength", p))
-    if p := plots.curves(
-        df.assign(detected=df["detected"].astype(float)), out / "curves_tpr.png", "detected"
+    if (p := plots.curves(cells, wm, out / "curves_bit_acc.png")) is not None:
+        figs.append(("Bit accuracy vs attack strength (bands: 95 % interval)", p))
+    if p := plots.curves(cells, wm, out / "curves_tpr.png", "tpr"):
+        figs.append((f"TPR@{fpr:g} (analytic) vs attack strength (bands: 95 % Clopper–Pearson)", p))
+    overall = analysis.rank(wm)
+    q = analysis.quality_stats(wm)
+    if (
+        not overall.empty
+        and (p := plots.scatter(overall.table, q, out / "quality_vs_robustness.png")) is not None
     ):
-        figs.append((f"TPR@{fpr:g} (analytic) vs attack strength", p))
-    if not board.empty and (p := plots.scatter(board, out / "quality_vs_robustness.png")) is not None:
-        figs.append(("Quality vs robustness", p))
+        figs.append(("Quality vs robustness (bars: 95 % intervals)", p))
     grids: list[tuple[str, Path]] = []
     for method in dict.fromkeys(df["method"]):
         run = Path(df[df["method"] == method]["_run"].iloc[0])
@@ -285,45 +467,22 @@ def build_report(runs: list[Path], out: Path) -> dict[str, Path]:
 
     title = " + ".join(str(m.get("suite_name", "?")) for m in mans)
     meta = [
-        f"{m.get('suite_name')}: seed {m.get('seed')}, device {m.get('device')}, "
+        f"{m.get('suite_name')}: seed {m.get('seed')}, target FPR {m.get('target_fpr')}, device {m.get('device')}, "
         f"{m.get('images', {}).get('n', '?')} images of {m.get('suite', {}).get('images', {}).get('size', '?')}², "
         f"status {m.get('status')}, wall {m.get('wall_s', '?')} s"
         for m in mans
     ]
-    sections: list[tuple[str, str, pd.DataFrame | None]] = [
-        (
-            "Leaderboard",
-            f"Methods ranked by mean bit accuracy over every attack cell (identity excluded); rank (TPR) "
-            f"ranks the mean analytic TPR@{fpr:g}. Quality columns: watermarked vs cover.",
-            _board_display(board, fpr),
-        ),
-        (
-            "Image quality",
-            "Watermarked vs cover, per method. `bit_acc on covers` is what the decoder reads from "
-            "unwatermarked images (≈0.5 expected); `FPR analytic on covers` is the measured false-positive rate.",
-            quality_table(df),
-        ),
-    ]
-    for fam in FAMILIES:
-        t = robustness_table(df, fpr, fam)
-        if not t.empty:
-            sections.append(
-                (
-                    f"Robustness: {fam} attacks",
-                    f"Bit = logit > 0. TPR@{fpr:g}: *analytic* = matching "
-                    "bits ≥ the one-sided binomial threshold; *empirical* = threshold from the method's "
-                    "scores on the clean covers (smallest resolvable FPR = 1/n_clean).",
-                    t,
-                )
-            )
-    other = df[~df["family"].isin((*FAMILIES, "none"))]
-    if not other.empty:
-        sections.append(("Robustness: other attacks", "", robustness_table(other, fpr)))
+    meta.append(
+        "Every figure is a mean over images with its 95 % interval in brackets (docs/statistics.md): t intervals "
+        "for means, Clopper–Pearson for rates; pairwise tests are Holm-corrected."
+    )
+    meta += notes
+    sections = _sections(df, mans, fpr)
 
     md = [f"# wmbench report: {title}", "", *[f"- {x}" for x in meta], ""]
     ht = [
         f"<h1>wmbench report: {html.escape(title)}</h1><ul>"
-        + "".join(f"<li>{html.escape(x)}</li>" for x in meta)
+        + "".join(f"<li>{_note_html(x)}</li>" for x in meta)
         + "</ul>"
     ]
     for name, note, table in sections:
