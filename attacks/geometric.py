@@ -68,8 +68,11 @@ class Resize(Attack):
         size = (max(1, round(h * strength)), max(1, round(w * strength)))
         if size == (h, w):
             return x
-        small = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-        return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
+        # float64: torch's antialiased float32 kernel rounds differently with the thread count (1 ulp), which flips
+        # a few pixels at the 8-bit rounding; in float64 the result does not depend on how the work is cut
+        xd = x.double()
+        small = F.interpolate(xd, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1).to(x.dtype)
 
 
 class Crop(Attack):

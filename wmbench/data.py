@@ -310,7 +310,11 @@ def _read_one(p: Path, size: int) -> torch.Tensor | str:
         return _reason(e, p)
 
 
-def _folder(root: Path, size: int, count: int | None) -> ImageSet:
+def _scan_folder(
+    root: Path, size: int, count: int | None, keep: Callable[[Path, torch.Tensor], None]
+) -> tuple[list[str], list[dict], int]:
+    """Read the first ``count`` readable files under root in order, handing each to ``keep``.
+    -> ids, skipped files, number of candidate files"""
     if not root.exists():
         raise WmbenchError(
             f"images.path: folder not found: {root}; point images.path at a folder of image files "
@@ -327,7 +331,6 @@ def _folder(root: Path, size: int, count: int | None) -> ImageSet:
             "add images there or fix the path"
         )
     ids: list[str] = []
-    imgs: list[torch.Tensor] = []
     skipped: list[dict] = []
     workers = max(1, min(8, os.cpu_count() or 1))
     chunk = 4 * workers
@@ -343,10 +346,10 @@ def _folder(root: Path, size: int, count: int | None) -> ImageSet:
                     skipped.append({"path": str(p), "reason": res})
                     continue
                 ids.append(p.relative_to(root).as_posix())
-                imgs.append(res)
+                keep(p, res)
             if count is not None and len(ids) >= count:
                 break
-    if not imgs:
+    if not ids:
         raise WmbenchError(
             f"images.path: none of the {len(files)} image files in {root} could be read ({len(skipped)} skipped; "
             "see the warnings); check the files or point images.path elsewhere"
@@ -356,18 +359,29 @@ def _folder(root: Path, size: int, count: int | None) -> ImageSet:
             f"images.count: {count} requested but {root} holds only {len(ids)} readable images "
             f"({len(skipped)} unreadable skipped); lower count or add images"
         )
+    return ids, skipped, len(files)
+
+
+def _folder(root: Path, size: int, count: int | None) -> ImageSet:
+    imgs: list[torch.Tensor] = []
+    ids, skipped, n_files = _scan_folder(root, size, count, lambda p, img: imgs.append(img))
     stack = torch.stack(imgs)
-    info: dict[str, Any] = {
+    return ImageSet(ids, stack, skipped, _folder_info(root, size, len(ids), n_files, skipped, _digest(stack)))
+
+
+def _folder_info(
+    root: Path, size: int, n: int, n_files: int, skipped: list[dict], sha: str
+) -> dict[str, Any]:
+    return {
         "source": "folder",
         "path": str(root),
         "size": size,
-        "count": len(ids),
-        "candidates": len(files),
+        "count": n,
+        "candidates": n_files,
         "skipped": len(skipped),
         "policy": FOLDER_POLICY,
-        "sha256": _digest(stack),
+        "sha256": sha,
     }
-    return ImageSet(ids, stack, skipped, info)
 
 
 def load_image_set(
@@ -397,3 +411,72 @@ def load_image_set(
     if source == "builtin":
         return _builtin(size, count, split)
     raise WmbenchError(f"images.source: unknown source {source!r}; use 'builtin' or 'folder'")
+
+
+# ---------------------------------------------------------------------------------------------- lazy sources
+@dataclass
+class ImageSource:
+    """The covers of a run, read a shard at a time (memory O(shard), not O(dataset)).
+
+    ``ids`` and ``info`` (with the sha256 of every pixel in run order) are known up front; ``load(start, stop)``
+    returns those covers as ``n 3 s s`` uint8. Built-in tiles come from the packaged photos (bounded in size);
+    folder images are read once up front to skip unreadable files and hash them, then re-read per shard and
+    checked against that hash, so a file changed mid-run is an error, not a silent mix.
+    """
+
+    ids: list[str]
+    info: dict
+    skipped: list[dict]
+    _load: Callable[[int, int], torch.Tensor]
+
+    def load(self, start: int, stop: int) -> torch.Tensor:
+        return self._load(start, stop)
+
+
+def open_image_source(
+    source: str,
+    *,
+    size: int,
+    count: int | None = None,
+    path: str | Path | None = None,
+    split: str = "eval",
+) -> ImageSource:
+    """Like ``load_image_set`` (same ids, order, checks, info and digest) without keeping every image in memory."""
+    if source != "folder":
+        s = load_image_set(source, size=size, count=count, path=path, split=split)
+        imgs = s.images
+        return ImageSource(s.ids, s.info, s.skipped, lambda a, b: imgs[a:b].clone())
+    _check_split(split)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise WmbenchError(f"images.size must be a positive integer, got {size!r}")
+    if path is None:
+        raise WmbenchError("images.path: source 'folder' needs a path to a folder of images")
+    return _folder_source(Path(path).expanduser(), size, count)
+
+
+def _folder_source(root: Path, size: int, count: int | None) -> ImageSource:
+    digests: list[str] = []
+    total = hashlib.sha256()
+    paths: list[Path] = []
+
+    def keep(p: Path, img: torch.Tensor) -> None:
+        b = img.contiguous().numpy().tobytes()
+        total.update(b)
+        digests.append(hashlib.sha256(b).hexdigest())
+        paths.append(p)
+
+    ids, skipped, n_files = _scan_folder(root, size, count, keep)
+    info = _folder_info(root, size, len(ids), n_files, skipped, total.hexdigest())
+
+    def load(a: int, b: int) -> torch.Tensor:
+        out = []
+        for p, d in zip(paths[a:b], digests[a:b], strict=True):
+            img = _read_one(p, size)
+            if isinstance(img, str) or hashlib.sha256(img.contiguous().numpy().tobytes()).hexdigest() != d:
+                raise WmbenchError(
+                    f"{p}: the image changed or became unreadable during the run; rerun to resume"
+                )
+            out.append(img)
+        return torch.stack(out)
+
+    return ImageSource(ids, info, skipped, load)

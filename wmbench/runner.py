@@ -1,17 +1,24 @@
-"""The pipeline: images -> embed (cached, 8-bit) -> attack × strength (batched) -> extract -> metrics -> store.
+"""The driver of a run: plan units (method × shard), hand them to an executor, write what comes back, merge.
 
-Determinism: messages and every random attack draw from generators seeded by hashes of (seed, labels, strength,
-batch index), so the same suite and seed give identical rows; the device and the order cells run in do not enter.
+Data flows one way: suite → plan of units (pure data, ``wmbench.work``) → executor (``local`` in this process, or
+``ray``) → worker sessions (``wmbench.session``: embed a shard, attack, extract, score) → results → this driver,
+the only writer of the run folder: one atomic parquet part per (method, attack, strength, shard), examples, an
+events log, then ``results.parquet`` streamed from the parts in a fixed order.
+
+Determinism: messages and every random draw derive from (seed, method, attack, strength, image id), so batch
+size, shard size, executor and worker count never change a value, and a resume may use other execution options.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
 import math
+import os
 import platform
 import subprocess
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,10 +37,15 @@ from rich.progress import (
 )
 
 from wmbench import __version__
-from wmbench.api import Method, SkipCell, WmbenchError, quantize_8bit
-from wmbench.cache import WatermarkCache, wm_key
-from wmbench.store import CLEAN, RunStore, cell_key, example_path
-from wmbench.suite import AttackPlan, MethodPlan, Plan, Suite, expand, suite_hash
+from wmbench.api import SkipCell, WmbenchError
+from wmbench.rng import derive_seed  # noqa: F401  (re-exported: older callers import it from here)
+from wmbench.session import message_for  # noqa: F401  (re-exported)
+from wmbench.store import RunStore, cell_key, example_path, part_key
+from wmbench.suite import Plan, Suite, expand, suite_hash
+from wmbench.work import CellSpec, MethodRef, Shard, Unit, UnitResult, cells_of, shards_of
+
+DEFAULT_SHARD = 256
+EXECUTORS = ("local", "ray")
 
 
 def resolve_device(spec: str | None) -> torch.device:
@@ -52,17 +64,15 @@ def resolve_device(spec: str | None) -> torch.device:
         raise WmbenchError(
             f"--device {spec!r}: CUDA is not available on this machine; use --device cpu or auto"
         )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise WmbenchError(f"--device {spec!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise WmbenchError(f"--device {spec!r}: unsupported device type; use auto, cpu, cuda, cuda:N or mps")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise WmbenchError(
+            f"--device {spec!r}: MPS is not available on this machine; use --device cpu or auto"
+        )
     return dev
-
-
-def derive_seed(*parts: Any) -> int:
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") & ((1 << 63) - 1)
-
-
-def message_for(seed: int, image_id: str, nbits: int) -> torch.Tensor:
-    """Uniform random bits per image from the suite seed.  -> k float {0,1}"""
-    g = torch.Generator().manual_seed(derive_seed("msg", seed, image_id, nbits))
-    return torch.randint(0, 2, (nbits,), generator=g).float()
 
 
 @dataclass
@@ -71,6 +81,10 @@ class RunOptions:
     fresh: bool = False
     device: str | None = None
     batch_size: int | None = None
+    shard_size: int | None = None
+    executor: str = "local"
+    workers: int = 1
+    address: str | None = None
     progress: bool = True
     n_examples: int = 2  # images per cell saved as PNG under examples/ for the report's image grids
 
@@ -106,6 +120,7 @@ def _versions() -> dict[str, str]:
         "onnxruntime",
         "numpy",
         "pillow",
+        "ray",
     ):
         try:
             out[pkg] = version(pkg)
@@ -114,112 +129,353 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _ids_sha(ids: tuple[str, ...] | list[str]) -> str:
+    return hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()[:16]
+
+
+class FolderLock:
+    """An exclusive lock on the run folder for the length of a run: a second writer is refused, not interleaved."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / ".lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> FolderLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise WmbenchError(
+                f"{self.path.parent}: another wmbench run is writing to this folder; wait for it to finish "
+                "(or stop it), or choose another folder with --out"
+            ) from None
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+
+
 class Runner:
-    """Runs one expanded suite into a run folder; see module docstring."""
+    """Runs one expanded suite into a run folder; see the module docstring."""
 
     def __init__(self, suite: Suite, opts: RunOptions, console: Console | None = None) -> None:
-        from wmbench import metrics as M
-
-        self.M = M
+        if opts.executor not in EXECUTORS:
+            raise WmbenchError(f"--executor {opts.executor!r}: use one of {', '.join(EXECUTORS)}")
         self.suite = suite
         self.opts = opts
         self.console = console or Console(stderr=True)
         self.plan: Plan = expand(suite)
         self.device = resolve_device(opts.device or suite.device)
         self.batch = opts.batch_size or suite.batch_size
+        if self.batch < 1:
+            raise WmbenchError(f"--batch-size must be >= 1, got {self.batch}")
         self.out = Path(opts.out) if opts.out else Path("results") / suite.name
+        if str(opts.out) == "":
+            raise WmbenchError("--out: empty path; give a folder for the run")
         self.store = RunStore(self.out)
-        self.image_metrics = [m for m in suite.metrics if m in M.IMAGE_METRICS]
+        self.hash = suite_hash(suite)
         self.timings: dict[str, float] = {}
         self.errors: list[dict] = []
-        self.skipped: list[dict] = []
-        self._skip_said: set[str] = set()
+        self.skipped: dict[tuple[str, str, float | None], str] = {}
+        self._skip_said: set[tuple[str, str]] = set()
 
-    # ------------------------------------------------------------------ bookkeeping
-    def _tick(self, key: str, dt: float) -> None:
-        self.timings[key] = self.timings.get(key, 0.0) + dt
-
+    # ------------------------------------------------------------------ folder
     def _prepare_folder(self) -> dict:
-        h = suite_hash(self.suite)
+        if self.out.exists() and not self.out.is_dir():
+            raise WmbenchError(f"--out {self.out}: exists and is not a folder; choose a folder path")
         old = self.store.read_manifest()
         if self.opts.fresh:
             self.store.clear()
-        elif old is not None and old.get("suite_hash") != h:
+            old = None
+        elif old is not None and old.get("suite_hash") != self.hash:
             raise WmbenchError(
-                f"{self.out} holds results of a different suite configuration (hash {old.get('suite_hash')} ≠ {h}). "
-                "Rerun with --fresh to start over there, or choose another folder with --out."
+                f"{self.out} holds results of a different suite configuration (hash {old.get('suite_hash')} ≠ "
+                f"{self.hash}). Rerun with --fresh to start over there, or choose another folder with --out."
             )
-        self.out.mkdir(parents=True, exist_ok=True)
+        elif old is None and self.store.done():
+            raise WmbenchError(
+                f"{self.out} holds result parts but no readable manifest.json, so they cannot be matched to this "
+                "suite; rerun with --fresh to start over there, or choose another folder with --out."
+            )
         self.store.sweep_leftovers()
-        prev_done = len(self.store.done())
+        return old or {}
+
+    def _shard_size(self, old: dict) -> int:
+        want = self.opts.shard_size or self.suite.shard_size or DEFAULT_SHARD
+        if want < 1:
+            raise WmbenchError(f"--shard-size must be >= 1, got {want}")
+        have = old.get("shard_size")
+        if have and have != want and self.store.done():
+            self.console.print(
+                f"[yellow]resuming with this folder's shard size {have} (parts are per shard); values do not depend "
+                f"on it, so the asked {want} changes nothing but memory",
+                highlight=False,
+            )
+            return int(have)
+        return int(want)
+
+    # ------------------------------------------------------------------ planning
+    def _part_meta(self, cell: CellSpec, shard: Shard) -> dict:
+        return {"suite_hash": self.hash, "cell": cell.cell, "shard": shard.index, "ids": _ids_sha(shard.ids)}
+
+    def _quality_meta(self, method: str, shard: Shard) -> dict:
+        return {"suite_hash": self.hash, "method": method, "shard": shard.index, "ids": _ids_sha(shard.ids)}
+
+    def _plan_units(self, shards: list[Shard]) -> tuple[list[Unit], list[str], int]:
+        """Units still to run, every part key in merge order, and how many parts are already done."""
+        done = self.store.done()
+        units: list[Unit] = []
+        order: list[str] = []
+        n_done = 0
+        for mp in self.plan.methods:
+            ref = MethodRef(mp.label, mp.name, dict(mp.params))
+            cells = cells_of(self.plan, mp.label)
+            todo_by_shard: dict[int, list[CellSpec]] = {}
+            for c in cells:
+                for sh in shards:
+                    key = part_key(c.cell, sh.index)
+                    order.append(key)
+                    if key in done and self.store.part_meta(key) == self._part_meta(c, sh):
+                        n_done += 1
+                    else:
+                        todo_by_shard.setdefault(sh.index, []).append(c)
+            for sh in shards:
+                todo = todo_by_shard.get(sh.index)
+                if todo:
+                    qkey = part_key(cell_key(mp.label, "__quality__", 0.0), sh.index)
+                    q = self.store.read_quality(qkey, self._quality_meta(mp.label, sh))
+                    slots = [g for g in range(sh.start, sh.stop) if g < self.opts.n_examples]
+                    units.append(Unit(ref, sh, todo, q, slots))
+        return units, order, n_done
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> RunResult:
+        with FolderLock(self.out):
+            return self._run()
+
+    def _run(self) -> RunResult:
+        t_start = time.perf_counter()
+        old = self._prepare_folder()
+        shard_size = self._shard_size(old)
+        from wmbench.data import open_image_source
+
+        t0 = time.perf_counter()
+        im = self.suite.images
+        source = open_image_source(im.source, size=im.size, count=im.count, path=im.path, split=im.split)
+        self.timings["load_images"] = time.perf_counter() - t0
+        shards = shards_of(source.ids, shard_size)
+        units, order, n_done = self._plan_units(shards)
+        attempt = {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "executor": self.opts.executor,
+            "workers": self.opts.workers if self.opts.executor == "ray" else 1,
+            "device": str(self.device),
+            "batch_size": self.batch,
+            "shard_size": shard_size,
+            "parts_before": n_done,
+            "host": platform.node(),
+        }
+        manifest = self._manifest(old, source, shard_size)
+        manifest["attempts"] = [*old.get("attempts", []), attempt]
+        self.store.write_manifest({**manifest, "status": "running"})
+        self.store.log_event({"event": "start", **attempt, "parts_total": len(order)})
+        if n_done:
+            self.console.print(f"resuming: {n_done} of {len(order)} parts already done", highlight=False)
+        status = "finished"
+        try:
+            self._execute(units, source, shards)
+        except KeyboardInterrupt:
+            status = "interrupted"
+            self.console.print(f"[yellow]interrupted: finished parts are kept in {self.out}; rerun to resume")
+        finally:
+            t0 = time.perf_counter()
+            done = self.store.done()
+            n_rows = self.store.merge([k for k in order if k in done])
+            self.timings["merge"] = time.perf_counter() - t0
+            self._finish(manifest, attempt, status, t_start, n_rows)
+        if status == "interrupted":
+            raise KeyboardInterrupt
+        rows = pd.read_parquet(self.store.results_path)
+        return RunResult(self.out, rows, manifest, self.errors)
+
+    def _manifest(self, old: dict, source: Any, shard_size: int) -> dict:
+        first = {k: old[k] for k in ("started",) if k in old}
         return {
             "wmbench_version": __version__,
             "suite_name": self.suite.name,
-            "suite_hash": h,
+            "suite_hash": self.hash,
             "suite": self.suite.model_dump(mode="json"),
             "seed": self.suite.seed,
             "target_fpr": self.suite.target_fpr,
             "device": str(self.device),
             "batch_size": self.batch,
+            "shard_size": shard_size,
+            "executor": self.opts.executor,
             "versions": _versions(),
             "git_sha": _git_sha(),
             "host": platform.node(),
             "torch_threads": torch.get_num_threads(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "resumed_cells": prev_done,
+            **first,
+            "images": {**source.info, "n": len(source.ids), "ids": source.ids},
+            "skipped_files": source.skipped,
         }
 
-    # ------------------------------------------------------------------ pipeline
-    def run(self) -> RunResult:
-        t_start = time.perf_counter()
-        manifest = self._prepare_folder()
-        self.store.write_manifest({**manifest, "status": "running"})
-        from wmbench.data import load_image_set
+    def _finish(self, manifest: dict, attempt: dict, status: str, t_start: float, n_rows: int) -> None:
+        wall = round(time.perf_counter() - t_start, 3)
+        attempt.update(status=status, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), wall_s=wall)
+        attempt["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
+        total: dict[str, float] = {}
+        for a in manifest["attempts"]:
+            for k, v in a.get("timings", {}).items():
+                total[k] = round(total.get(k, 0.0) + v, 4)
+        manifest.update(
+            status=status,
+            finished=attempt["finished"],
+            timings=total,
+            wall_s=round(sum(a.get("wall_s", 0.0) for a in manifest["attempts"]), 3),
+            errors=self.errors,
+            skipped_cells=[
+                {"method": m, "attack": a, "strength": s, "reason": r}
+                for (m, a, s), r in self.skipped.items()
+            ],
+            n_rows=n_rows,
+        )
+        self.store.write_manifest(manifest)
+        self.store.log_event({"event": "end", "status": status, "wall_s": wall, "rows": n_rows})
 
-        t0 = time.perf_counter()
-        im = self.suite.images
-        images = load_image_set(im.source, size=im.size, count=im.count, path=im.path, split=im.split)
-        self._tick("load_images", time.perf_counter() - t0)
-        manifest["images"] = {**images.info, "n": len(images.ids), "ids": images.ids}
-        manifest["skipped_files"] = images.skipped
-        if not images.ids:
-            raise WmbenchError("no images to run on (all were skipped); see the warnings above")
+    # ------------------------------------------------------------------ dispatch
+    def _executor(self) -> Any:
+        from wmbench.executors import LocalExecutor, RayExecutor
 
-        order: list[str] = []
-        n = len(images.ids)
-        per_method = n * (1 + 1 + self.plan.n_cells_per_method)  # embed + clean + cells
-        status = "finished"
+        if self.opts.executor == "ray":
+            return RayExecutor(
+                self.suite,
+                self.opts.device or self.suite.device,
+                self.batch,
+                self.opts.workers,
+                self.opts.address,
+            )
+        return LocalExecutor(self.suite, self.device, self.batch)
+
+    def _execute(self, units: list[Unit], source: Any, shards: list[Shard]) -> None:
+        if self.opts.executor == "ray":
+            units = self._preflight(units)
+        total = sum(u.images_of_work for u in units)
+        if not units:
+            return
+        ex = self._executor()
         try:
             with self._progress() as prog:
-                task = prog.add_task("total", total=per_method * len(self.plan.methods))
-                for mp in self.plan.methods:
-                    order += self._run_method(mp, images, prog, task)
-        except KeyboardInterrupt:
-            status = "interrupted"
-            self.console.print(f"[yellow]interrupted: finished cells are kept in {self.out}; rerun to resume")
+                task = prog.add_task(f"{len(units)} units on {ex.describe}", total=total)
+                for res in ex.run(units, lambda sh: source.load(sh.start, sh.stop)):
+                    self._write(res)
+                    prog.update(task, advance=res.unit.images_of_work)
         finally:
-            t0 = time.perf_counter()
-            rows = self.store.merge(order)
-            self._tick("merge", time.perf_counter() - t0)
-            manifest.update(
-                status=status,
-                finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                timings={k: round(v, 4) for k, v in self.timings.items()},
-                wall_s=round(time.perf_counter() - t_start, 3),
-                errors=self.errors,
-                skipped_cells=self.skipped,
-                n_rows=len(rows),
+            ex.close()
+
+    def _preflight(self, units: list[Unit]) -> list[Unit]:
+        """Before dispatch to other nodes: decide on the driver which methods and attacks can run (weights and
+        models present), so a skip never depends on the node a unit lands on."""
+        from wmbench.registry import methods
+
+        bad_methods: dict[str, str] = {}
+        for mp in self.plan.methods:
+            try:
+                methods().get(mp.name)(**mp.params).setup(torch.device("cpu"))
+            except SkipCell as e:
+                bad_methods[mp.label] = str(e)
+        bad_attacks: dict[int, str] = {}
+        probe = torch.full((1, 3, 64, 64), 0.5)
+        for i, ap in enumerate(self.plan.attacks):
+            if ap.attack.needs_method:
+                continue
+            try:
+                ap.attack.apply(probe, ap.strengths[0], gen=torch.Generator().manual_seed(0), cover=probe)
+            except SkipCell as e:
+                bad_attacks[i] = str(e)
+            except Exception:
+                pass  # a probe-size problem is not a missing model; the real cell will tell
+        kept = []
+        for u in units:
+            if u.method.label in bad_methods:
+                self._skip(u.method.label, "*", None, bad_methods[u.method.label])
+                continue
+            for c in u.cells:
+                if c.attack_index in bad_attacks:
+                    self._skip(u.method.label, c.attack_label, c.strength, bad_attacks[c.attack_index])
+            u.cells = [c for c in u.cells if c.attack_index not in bad_attacks]
+            if u.cells:
+                kept.append(u)
+        return kept
+
+    def _write(self, res: UnitResult) -> None:
+        """Store one unit's results: parts, stored quality, examples, skips and errors."""
+        u, label = res.unit, res.unit.method.label
+        for k, v in res.timings.items():
+            self.timings[k] = self.timings.get(k, 0.0) + v
+        if res.skip is not None:
+            self._skip(label, "*", None, res.skip)
+            return
+        if res.error is not None:
+            self._error(res.error, u.shard)
+            return
+        if res.quality is not None:
+            qkey = part_key(cell_key(label, "__quality__", 0.0), u.shard.index)
+            self.store.write_quality(qkey, res.quality, self._quality_meta(label, u.shard))
+        from wmbench.imageio import save_png
+
+        for name, img in res.examples:
+            g, what = name.split("_", 1)
+            save_png(img, example_path(self.out, label, int(g), what))
+        for c in res.cells:
+            if c.rows is not None:
+                self.store.write_part(u.key(c.cell), c.rows, self._part_meta(c.cell, u.shard))
+            elif c.skip is not None:
+                self._skip(label, c.cell.attack_label, c.cell.strength, c.skip)
+            elif c.error is not None:
+                self._error(c.error, u.shard)
+
+    def _error(self, rec: dict, shard: Shard) -> None:
+        rec = {**rec, "shard": shard.index}
+        self.errors.append(rec)
+        self.store.log_event({"event": "error", **rec})
+        where = rec["method"] + (f" × {rec['attack']} {rec['strength']:g}" if rec.get("attack") else "")
+        self.console.print(
+            f"[red]error in {rec['stage']} ({where}, shard {shard.index}): {rec['error']} — recorded in the "
+            "manifest; continuing",
+            highlight=False,
+        )
+
+    def _skip(self, method: str, attack: str, strength: float | None, why: str) -> None:
+        key = (method, attack, strength)
+        if key in self.skipped:
+            return
+        self.skipped[key] = why
+        self.store.log_event(
+            {"event": "skip", "method": method, "attack": attack, "strength": strength, "reason": why}
+        )
+        if (
+            attack,
+            why,
+        ) not in self._skip_said:  # one line per reason and attack; the manifest keeps every cell
+            self._skip_said.add((attack, why))
+            self.console.print(
+                f"[yellow]skipped {method} × {'every cell' if attack == '*' else attack}: {why}",
+                highlight=False,
             )
-            self.store.write_manifest(manifest)
-        if status == "interrupted":
-            raise KeyboardInterrupt
-        return RunResult(self.out, rows, manifest, self.errors)
 
     def _progress(self) -> Progress:
         return Progress(
             TextColumn("[bold]{task.description:<40}"),
             BarColumn(),
             MofNCompleteColumn(),
+            TextColumn("images"),
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
@@ -227,288 +483,6 @@ class Runner:
             disable=not self.opts.progress,
             transient=False,
         )
-
-    def _run_method(self, mp: MethodPlan, images: Any, prog: Progress, task: Any) -> list[str]:
-        n = len(images.ids)
-        keys = [cell_key(mp.label, CLEAN, 0.0)] + [
-            cell_key(mp.label, ap.label, s) for ap in self.plan.attacks for s in ap.strengths
-        ]
-        done = self.store.done()
-        todo = [k for k in keys if k not in done]
-        prog.update(task, advance=(len(keys) - len(todo)) * n + (n if not todo else 0))
-        if not todo:
-            return keys
-        prog.update(task, description=f"{mp.label}: setup")
-        try:
-            t0 = time.perf_counter()
-            method = mp.build()
-            method.setup(self.device)
-            self._tick(f"setup/{mp.label}", time.perf_counter() - t0)
-        except SkipCell as e:
-            self._skip(mp.label, "*", None, str(e))
-            prog.update(task, advance=len(todo) * n + n)
-            return keys
-        except Exception as e:  # a broken method must not lose the other methods' results
-            self._error(mp.label, "setup", None, None, e)
-            prog.update(task, advance=len(todo) * n + n)
-            return keys
-
-        nb = method.nbits
-        msgs = torch.stack([message_for(self.suite.seed, i, nb) for i in images.ids])  # n k
-        prog.update(task, description=f"{mp.label}: embed")
-        try:
-            wm, t_embed = self._embed_all(method, images.images, msgs, prog, task)
-        except Exception as e:
-            self._error(mp.label, "embed", None, None, e)
-            prog.update(task, advance=len(todo) * n)
-            return keys
-        self._save_examples(mp.label, "cover", images.images)
-        self._save_examples(mp.label, "wm", wm)
-        t0 = time.perf_counter()
-        quality = self._quality(images.images, wm)
-        self._tick("metrics/quality", time.perf_counter() - t0)
-        ctx = dict(method=method, mp=mp, images=images, msgs=msgs, wm=wm, t_embed=t_embed, quality=quality)
-
-        if keys[0] in todo:
-            prog.update(task, description=f"{mp.label}: clean covers")
-            self._run_cell(ctx, None, 0.0, None, keys[0], prog, task)
-        i = 1
-        for ap in self.plan.attacks:
-            for s, rel in zip(ap.strengths, ap.relative, strict=True):
-                if keys[i] in todo:
-                    prog.update(task, description=f"{mp.label}: {ap.label} {s:g}")
-                    self._run_cell(ctx, ap, s, rel, keys[i], prog, task)
-                i += 1
-        del method
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        return keys
-
-    def _embed_all(
-        self, method: Method, covers: torch.Tensor, msgs: torch.Tensor, prog: Progress, task: Any
-    ) -> tuple[torch.Tensor, np.ndarray]:
-        """covers: n 3 s s uint8 -> watermarked n 3 s s uint8 (8-bit quantised), per-image embed seconds."""
-        cache = WatermarkCache(method.fingerprint())
-        n = covers.shape[0]
-        out = torch.empty_like(covers)
-        times = np.zeros(n)
-        keys = [wm_key(covers[i], msgs[i]) for i in range(n)]
-        missing = []
-        for i, k in enumerate(keys):
-            hit = cache.get(k)
-            if hit is None or hit[0].shape != covers[i].shape:
-                missing.append(i)
-            else:
-                out[i], times[i] = hit
-        prog.update(task, advance=n - len(missing))
-        for j in range(0, len(missing), self.batch):
-            idx = missing[j : j + self.batch]
-            x = covers[idx].to(self.device).float() / 255.0
-            m = msgs[idx].to(self.device)
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                y = method.embed(x, m)
-            _sync(self.device)
-            dt = time.perf_counter() - t0
-            self._tick("embed", dt)
-            if y.shape != x.shape:
-                raise WmbenchError(
-                    f"method {method.name!r}: embed returned shape {tuple(y.shape)} for {tuple(x.shape)}"
-                )
-            y8 = (quantize_8bit(y) * 255.0).round().to(torch.uint8).cpu()
-            for r, i in enumerate(idx):
-                out[i], times[i] = y8[r], dt / len(idx)
-                cache.put(keys[i], y8[r], dt / len(idx))
-            prog.update(task, advance=len(idx))
-        return out, times
-
-    def _save_examples(self, method: str, what: str, imgs: torch.Tensor) -> None:
-        """imgs: n 3 s s uint8; the first few go to examples/<method>/<i>_<what>.png (for report grids)."""
-        from wmbench.imageio import save_png
-
-        for i in range(min(self.opts.n_examples, imgs.shape[0])):
-            save_png(imgs[i], example_path(self.out, method, i, what))
-
-    def _quality(self, covers: torch.Tensor, wm: torch.Tensor) -> dict[str, np.ndarray]:
-        """Image-quality metrics of the watermarked images against their covers, per image."""
-        out: dict[str, list[torch.Tensor]] = {m: [] for m in self.image_metrics}
-        for j in range(0, covers.shape[0], self.batch):
-            c = covers[j : j + self.batch].to(self.device).float() / 255.0
-            w = wm[j : j + self.batch].to(self.device).float() / 255.0
-            with torch.no_grad():
-                for m in self.image_metrics:
-                    out[m].append(self.M.IMAGE_METRICS[m].fn(c, w).detach().double().cpu())
-        return {m: torch.cat(v).numpy() for m, v in out.items()}
-
-    def _run_cell(
-        self,
-        ctx: dict,
-        ap: AttackPlan | None,
-        strength: float,
-        rel: float | None,
-        key: str,
-        prog: Progress,
-        task: Any,
-    ) -> None:
-        """One cell: every image through one attack at one strength (``ap=None``: the clean covers)."""
-        mp: MethodPlan = ctx["mp"]
-        method: Method = ctx["method"]
-        images, msgs, wm = ctx["images"], ctx["msgs"], ctx["wm"]
-        n, k = msgs.shape
-        label = ap.label if ap else CLEAN
-        logits_all, psnr_att, t_att, t_ext = [], [], np.zeros(n), np.zeros(n)
-        stats: dict[str, list[torch.Tensor]] = {}  # per-image attack stats (``attack.last_stats``, e.g. bpp)
-        try:
-            for b, j in enumerate(range(0, n, self.batch)):
-                sl = slice(j, j + self.batch)
-                cover = images.images[sl].to(self.device).float() / 255.0
-                x = cover if ap is None else wm[sl].to(self.device).float() / 255.0
-                t0 = time.perf_counter()
-                if ap is not None:
-                    gen = torch.Generator().manual_seed(
-                        derive_seed(self.suite.seed, mp.label, ap.label, strength, b, self.batch)
-                    )
-                    atk = ap.attack
-                    # adversarial attacks backpropagate through the method; everything else runs without autograd
-                    grad_ctx = torch.enable_grad() if atk.needs_method else torch.no_grad()
-                    if hasattr(atk, "last_stats"):
-                        atk.last_stats = {}
-                    with grad_ctx:
-                        y = atk.apply(x, strength, gen=gen, method=method, cover=cover)
-                    y = quantize_8bit(y.detach())
-                    for sk, sv in (getattr(atk, "last_stats", None) or {}).items():
-                        if isinstance(sv, torch.Tensor) and sv.shape == (x.shape[0],):
-                            stats.setdefault(sk, []).append(sv.detach().double().cpu())
-                    _sync(self.device)
-                else:
-                    y = x
-                t1 = time.perf_counter()
-                with torch.no_grad():
-                    logits = method.extract(y).float()
-                _sync(self.device)
-                t2 = time.perf_counter()
-                nb = y.shape[0]
-                t_att[sl], t_ext[sl] = (t1 - t0) / nb, (t2 - t1) / nb
-                self._tick(f"attack/{label}", t1 - t0)
-                self._tick("extract", t2 - t1)
-                if logits.shape != (nb, k):
-                    raise WmbenchError(
-                        f"method {mp.name!r}: extract returned {tuple(logits.shape)}, expected {(nb, k)}"
-                    )
-                logits_all.append(logits.cpu())
-                if b == 0 and ap is not None:
-                    self._save_examples(mp.label, key, (y * 255).round().to(torch.uint8).cpu())
-                if ap is not None:
-                    with torch.no_grad():
-                        psnr_att.append(self.M.IMAGE_METRICS["psnr"].fn(x, y).double().cpu())
-                prog.update(task, advance=nb)
-        except SkipCell as e:
-            self._skip(mp.label, label, strength, str(e))
-            prog.update(task, advance=n - sum(t.shape[0] for t in logits_all))
-            return
-        except Exception as e:
-            self._error(mp.label, "attack" if ap else "clean", label, strength, e)
-            prog.update(task, advance=n - sum(t.shape[0] for t in logits_all))
-            return
-        t0 = time.perf_counter()
-        rows = self._rows(ctx, ap, label, strength, rel, torch.cat(logits_all), psnr_att, t_att, t_ext)
-        for sk, parts in stats.items():  # a stat reported for every batch becomes a column attack_<name>
-            if sum(p.shape[0] for p in parts) == n:
-                rows[f"attack_{sk}"] = torch.cat(parts).numpy()
-        self._tick("metrics/bits", time.perf_counter() - t0)
-        self.store.write_cell(key, rows)
-
-    def _rows(
-        self,
-        ctx: dict,
-        ap: AttackPlan | None,
-        label: str,
-        strength: float,
-        rel: float | None,
-        logits: torch.Tensor,
-        psnr_att: list[torch.Tensor],
-        t_att: np.ndarray,
-        t_ext: np.ndarray,
-    ) -> pd.DataFrame:
-        M, mp, msgs = self.M, ctx["mp"], ctx["msgs"]
-        n, k = msgs.shape
-        matches = M.bit_matches(logits, msgs)
-        pval = M.p_value(matches, k)
-        tau = M.analytic_threshold(k, self.suite.target_fpr)
-        clean = ap is None
-        nan = np.full(n, np.nan)
-        df = pd.DataFrame(
-            {
-                "run_id": self.suite.name,
-                "image_id": ctx["images"].ids,
-                "method": mp.label,
-                "method_name": mp.name,
-                "attack": label,
-                "attack_name": "none" if clean else ap.attack.name,
-                "family": "none" if clean else getattr(ap.attack, "family", "distortion"),
-                "strength": float(strength),
-                "relative_strength": np.nan if rel is None else float(rel),
-                "unit": "none" if clean else ap.attack.unit,
-                "source": "clean" if clean else "watermarked",
-                "seed": self.suite.seed,
-                "nbits": k,
-                "bit_acc": (matches.double() / k).numpy(),
-                "ber": (1.0 - matches.double() / k).numpy(),
-                "n_bit_err": (k - matches).numpy().astype(np.int64),
-                "word_acc": (matches == k).double().numpy(),
-                "matches": matches.numpy().astype(np.int64),
-                "p_value": np.asarray(pval, dtype=np.float64),
-                "det_threshold": int(tau),
-                "target_fpr": self.suite.target_fpr,
-                "detected": (matches >= tau).numpy(),
-            }
-        )
-        for m in ("psnr", "ssim", "ms_ssim", "lpips"):
-            df[m] = nan if clean or m not in ctx["quality"] else ctx["quality"][m]
-        df["psnr_attacked"] = nan if clean else torch.cat(psnr_att).numpy()
-        df["t_embed"] = nan if clean else ctx["t_embed"]
-        df["t_attack"] = t_att
-        df["t_extract"] = t_ext
-        df["device"] = str(self.device)
-        df["logits"] = [r.astype(np.float32) for r in logits.numpy()]
-        df["message"] = ["".join(str(int(b)) for b in row) for row in msgs.tolist()]
-        return df
-
-    def _error(
-        self, method: str, stage: str, attack: str | None, strength: float | None, e: BaseException
-    ) -> None:
-        msg = f"{type(e).__name__}: {e}"
-        self.errors.append(
-            {
-                "method": method,
-                "stage": stage,
-                "attack": attack,
-                "strength": strength,
-                "error": msg,
-                "traceback": traceback.format_exc(limit=6),
-            }
-        )
-        where = f"{method}" + (
-            f" × {attack} {strength:g}" if attack is not None and strength is not None else ""
-        )
-        self.console.print(f"[red]error in {stage} ({where}): {msg} — recorded in the manifest; continuing")
-
-    def _skip(self, method: str, attack: str, strength: float | None, why: str) -> None:
-        self.skipped.append({"method": method, "attack": attack, "strength": strength, "reason": why})
-        if why not in self._skip_said:  # say each reason once; the manifest keeps every skipped cell
-            self._skip_said.add(why)
-            self.console.print(f"[yellow]skipped {method} × {attack}: {why}", highlight=False)
-        else:
-            self.console.print(
-                f"[yellow]skipped {method} × {attack} {strength if strength is not None else ''}"
-                " (same reason as above)",
-                highlight=False,
-            )
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def finite_mean(x: pd.Series) -> float:

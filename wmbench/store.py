@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        _chmod_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -43,6 +45,7 @@ def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
     os.close(fd)
     try:
         df.to_parquet(tmp, index=False)
+        _chmod_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -65,12 +68,22 @@ def example_path(run: Path, method: str, i: int, what: str) -> Path:
     return Path(run) / "examples" / safe_name(method) / f"{i}_{what}.png"
 
 
+def part_key(cell: str, shard: int) -> str:
+    """File name (without .parquet) of one cell's rows on one shard of images."""
+    return f"{cell}--s{shard:05d}"
+
+
+PART_META = b"wmbench_part"  # parquet schema metadata key: which suite, cell, shard and images a part holds
+
+
 class RunStore:
-    """The run folder: ``manifest.json``, ``parts/*.parquet``, ``results.parquet``."""
+    """The run folder: ``manifest.json``, ``parts/*.parquet`` (+ ``parts/quality/``), ``events.jsonl``,
+    ``results.parquet``."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.parts = self.root / "parts"
+        self.quality = self.parts / "quality"
 
     @property
     def manifest_path(self) -> Path:
@@ -80,23 +93,35 @@ class RunStore:
     def results_path(self) -> Path:
         return self.root / "results.parquet"
 
+    @property
+    def events_path(self) -> Path:
+        return self.root / "events.jsonl"
+
     def read_manifest(self) -> dict | None:
         if not self.manifest_path.is_file():
             return None
         try:
-            return json.loads(self.manifest_path.read_text())
-        except json.JSONDecodeError:
+            m = json.loads(self.manifest_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
             return None
+        return m if isinstance(m, dict) else None
 
     def write_manifest(self, manifest: dict) -> None:
         atomic_write_json(self.manifest_path, manifest)
 
+    def log_event(self, event: dict) -> None:
+        """Append one JSON line to ``events.jsonl`` (errors, skips, starts and ends of each attempt)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self.events_path.open("a") as f:
+            f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **event}, default=str) + "\n")
+
     def clear(self) -> None:
         """Remove what an earlier run wrote here (``--fresh``); other files are left alone."""
-        if self.parts.is_dir():
-            for p in self.parts.glob("*.parquet"):
-                p.unlink(missing_ok=True)
-        for p in (self.results_path, self.manifest_path):
+        for d in (self.parts, self.quality):
+            if d.is_dir():
+                for p in d.glob("*.parquet"):
+                    p.unlink(missing_ok=True)
+        for p in (self.results_path, self.manifest_path, self.events_path):
             p.unlink(missing_ok=True)
 
     def sweep_leftovers(self) -> None:
@@ -105,29 +130,110 @@ class RunStore:
         Only the run that takes the folder calls this: readers (``done``, reports, a test polling a live run) must
         never delete a temp file another process is about to rename into place.
         """
-        if self.parts.is_dir():
-            for tmp in self.parts.glob(".tmp-*"):
-                tmp.unlink(missing_ok=True)
+        for d in (self.parts, self.quality):
+            if d.is_dir():
+                for tmp in d.glob(".tmp-*"):
+                    tmp.unlink(missing_ok=True)
 
     def done(self) -> set[str]:
-        """Keys of the finished cells; read-only, safe while a run is writing."""
+        """Keys of the finished parts; read-only, safe while a run is writing."""
         if not self.parts.is_dir():
             return set()
         return {p.stem for p in self.parts.glob("*.parquet") if not p.name.startswith(".")}
 
-    def write_cell(self, key: str, rows: pd.DataFrame) -> None:
-        atomic_write_parquet(self.parts / f"{key}.parquet", rows)
+    def part_path(self, key: str) -> Path:
+        return self.parts / f"{key}.parquet"
 
-    def merge(self, order: list[str] | None = None) -> pd.DataFrame:
-        """Concatenate the parts (in ``order`` of cell keys when given) into ``results.parquet``."""
-        keys = sorted(self.done())
-        if order is not None:
-            rank = {k: i for i, k in enumerate(order)}
-            keys.sort(key=lambda k: (rank.get(k, len(rank)), k))
-        frames = [pd.read_parquet(self.parts / f"{k}.parquet") for k in keys]
-        df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-        atomic_write_parquet(self.results_path, df)
-        return df
+    def write_part(self, key: str, rows: pd.DataFrame, meta: dict) -> None:
+        """Atomically write one part with ``meta`` (suite hash, cell, shard, image ids digest) in its footer."""
+        _write_with_meta(self.part_path(key), rows, meta)
+
+    def part_meta(self, key: str) -> dict | None:
+        """The footer metadata of a part, or None when it is unreadable or not a wmbench part."""
+        return _read_meta(self.part_path(key))
+
+    def write_quality(self, key: str, df: pd.DataFrame, meta: dict) -> None:
+        _write_with_meta(self.quality / f"{key}.parquet", df, meta)
+
+    def read_quality(self, key: str, meta: dict) -> pd.DataFrame | None:
+        """Stored quality metrics of one (method, shard), if present and made for the same images and suite."""
+        p = self.quality / f"{key}.parquet"
+        if _read_meta(p) != meta:
+            return None
+        try:
+            return pd.read_parquet(p)
+        except Exception:
+            return None
+
+    def merge(self, keys: list[str]) -> int:
+        """Stream the parts ``keys`` (in that order) into ``results.parquet``; one part in memory at a time.
+
+        Columns are the union over parts (first-seen order; attack stats such as ``attack_bpp`` exist only in some
+        cells and are null elsewhere).  -> number of rows"""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        paths = [self.part_path(k) for k in keys]
+        if not paths:
+            atomic_write_parquet(self.results_path, pd.DataFrame())
+            return 0
+        schema = pa.unify_schemas([pq.read_schema(p).remove_metadata() for p in paths])
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=".parquet")
+        os.close(fd)
+        n = 0
+        try:
+            with pq.ParquetWriter(tmp, schema) as w:
+                for p in paths:
+                    t = pq.read_table(p).replace_schema_metadata(None)
+                    cols = [
+                        t.column(f.name).cast(f.type)
+                        if f.name in t.column_names
+                        else pa.nulls(len(t), f.type)
+                        for f in schema
+                    ]
+                    w.write_table(pa.Table.from_arrays(cols, schema=schema))
+                    n += len(t)
+            _chmod_umask(tmp)
+            os.replace(tmp, self.results_path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return n
+
+
+def _write_with_meta(path: Path, df: pd.DataFrame, meta: dict) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t = pa.Table.from_pandas(df, preserve_index=False)
+    t = t.replace_schema_metadata({**(t.schema.metadata or {}), PART_META: json.dumps(meta).encode()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".parquet")
+    os.close(fd)
+    try:
+        pq.write_table(t, tmp)
+        _chmod_umask(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_meta(path: Path) -> dict | None:
+    import pyarrow.parquet as pq
+
+    try:
+        raw = (pq.read_schema(path).metadata or {}).get(PART_META)
+        return json.loads(raw) if raw else None
+    except Exception:
+        return None
+
+
+def _chmod_umask(path: str | Path) -> None:
+    """mkstemp creates files 0600; a result file should follow the umask like any other file the user writes."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def load_results(run: str | Path) -> tuple[pd.DataFrame, dict]:
@@ -144,7 +250,7 @@ def load_results(run: str | Path) -> tuple[pd.DataFrame, dict]:
     if store.results_path.is_file():
         df = pd.read_parquet(store.results_path)
     elif store.done():
-        df = store.merge()
+        df = pd.concat([pd.read_parquet(store.part_path(k)) for k in sorted(store.done())], ignore_index=True)
     else:
         raise WmbenchError(f"{root}: no results yet; run `wmbench run` first")
     return df, manifest

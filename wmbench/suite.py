@@ -100,6 +100,8 @@ class Suite(_Strict):
     metrics: list[str] = Field(default_factory=lambda: ["bit_acc", "psnr", "ssim", "ms_ssim", "lpips"])
     target_fpr: float = Field(default=1e-3, gt=0.0, lt=1.0)
     batch_size: int = Field(default=16, ge=1)
+    #: images per unit of work (default 256): a run holds O(shard) images in memory
+    shard_size: int | None = Field(default=None, ge=1)
     device: str = "auto"
 
     @field_validator("name")
@@ -160,10 +162,11 @@ def load_suite(path: str | Path) -> Suite:
 
 
 def suite_hash(suite: Suite) -> str:
-    """Hash of everything that changes results (the device and batch size do not enter)."""
+    """Hash of everything that changes results: not the device, batch or shard size (values do not depend on them,
+    so a resume may change them)."""
     d = suite.model_dump(mode="json")
-    d.pop("device", None)
-    d.pop("description", None)
+    for k in ("device", "description", "batch_size", "shard_size"):
+        d.pop(k, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
