@@ -46,7 +46,10 @@ def _suite(tmp_path: Path, count: int = 6) -> Path:
         "name": "rayt",
         "seed": 2,
         "images": {"source": "builtin", "count": count, "size": 64},
-        "methods": [{"name": "hidden"}, {"name": "hidden", "label": "hidden-half", "params": {"strength": 0.5}}],
+        "methods": [
+            {"name": "hidden"},
+            {"name": "hidden", "label": "hidden-half", "params": {"strength": 0.5}},
+        ],
         "attacks": [
             {"name": "jpeg", "strengths": [50]},
             {"name": "gaussian_noise", "strengths": [0.05]},
@@ -64,7 +67,9 @@ def _suite(tmp_path: Path, count: int = 6) -> Path:
 def test_ray_executor_equals_local(tmp_path, ray_instance):
     p = _suite(tmp_path)
     local = Runner(load_suite(p), RunOptions(out=tmp_path / "local", progress=False)).run()
-    opts = RunOptions(out=tmp_path / "ray", progress=False, executor="ray", workers=2, shard_size=4, batch_size=3)
+    opts = RunOptions(
+        out=tmp_path / "ray", progress=False, executor="ray", workers=2, shard_size=4, batch_size=3
+    )
     remote = Runner(load_suite(p), opts).run()
     assert remote.errors == [] and len(remote.rows) == len(local.rows) == 6 * 2 * 6
     assert_same_values(local.rows, remote.rows)
