@@ -19,16 +19,21 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from wmbench.errors import SkipCell, WmbenchError
 from wmbench.rng import Gen
 
-
-class WmbenchError(Exception):
-    """An error a user can act on: the message says which file/key/name is wrong and what to do."""
-
-
-class SkipCell(WmbenchError):
-    """Raised by an attack or method that cannot run here (e.g. weights missing offline): the runner records the
-    message in the manifest, skips the cells, and goes on."""
+__all__ = [
+    "Attack",
+    "BitMetric",
+    "ImageMetric",
+    "Method",
+    "SkipCell",
+    "TrainableMethod",
+    "TrainingHooks",
+    "WmbenchError",
+    "params_fingerprint",
+    "quantize_8bit",
+]
 
 
 def quantize_8bit(x: Tensor) -> Tensor:

@@ -10,7 +10,7 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
-from wmbench.api import WmbenchError
+from wmbench.errors import WmbenchError
 
 T = TypeVar("T")
 
