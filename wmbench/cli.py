@@ -351,6 +351,54 @@ def compare(
 
 
 @app.command()
+def calibrate(
+    method: Annotated[str, typer.Argument(help="registered method name (wmbench list methods)")],
+    count: Annotated[int, typer.Option(help="clean images to decode (>= 1000 to resolve FPR 1e-3)")] = 1000,
+    size: Annotated[int, typer.Option(help="image side in px")] = 128,
+    folder: Annotated[
+        Path | None, typer.Option(help="decode this folder's images instead of built-in crops")
+    ] = None,
+    target_fpr: Annotated[float, typer.Option(help="false-positive rate the threshold should give")] = 1e-3,
+    params: Annotated[str | None, typer.Option(help="method params as JSON, e.g. '{\"sync\": true}'")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the crops and of the fixed key")] = 0,
+    split: Annotated[str, typer.Option(help="built-in photos: all, eval or train")] = "all",
+    batch_size: Annotated[int, typer.Option(help="images per extract call")] = 32,
+    device: Annotated[str, typer.Option(help="cpu, cuda, auto …")] = "cpu",
+    out_file: Annotated[Path | None, typer.Option("--out", help="also write the JSON to this file")] = None,
+) -> None:
+    """Decode N clean images and check the analytic FPR: matching bits vs Binomial(k, 1/2), measured FPR with
+    its exact interval, the empirical threshold; prints JSON (docs/statistics.md)."""
+    from wmbench.calibrate import calibrate as do_calibrate
+    from wmbench.calibrate import clean_json
+
+    try:
+        p = json.loads(params) if params else {}
+        if not isinstance(p, dict):
+            raise WmbenchError(f"--params must be a JSON object, got {params!r}")
+        res = do_calibrate(
+            method,
+            p,
+            count=count,
+            size=size,
+            folder=str(folder) if folder else None,
+            target_fpr=target_fpr,
+            seed=seed,
+            split=split,
+            batch_size=batch_size,
+            device=device,
+        )
+    except json.JSONDecodeError as e:
+        raise _fail(WmbenchError(f"--params is not valid JSON: {e}")) from None
+    except WmbenchError as e:
+        raise _fail(e) from None
+    text = json.dumps(clean_json(res), indent=1) + "\n"
+    if out_file is not None:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        out_file.write_text(text)
+    sys.stdout.write(text)
+
+
+@app.command()
 def train(
     config: Annotated[
         str, typer.Argument(help="training config: a YAML file or a packaged name (hidden, tiny)")
