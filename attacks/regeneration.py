@@ -5,8 +5,12 @@
     - ``diffusion_regen``: noise the VAE latent to step t, denoise with the pipeline's UNet (strength = t).
 
 Weights are pretrained only and loaded offline only: CompressAI checkpoints from the torch hub cache the zoo fills,
-diffusers models with ``local_files_only=True``.  When they are absent the attack raises ``SkipCell`` at once with a
-message naming the missing file/model and how to provide it; random weights are never substituted in a run.
+diffusers models with ``from_pretrained(..., local_files_only=True)`` from a hub id in the local cache, a local
+folder, or ``builtin``: the small SD-layout VAE and latent UNet wmbench trains and ships as package data
+(``wmbench/weights/sd_vae_builtin/``, ``ldm_builtin/``; ``attacks/latent_diffusion.py``), loaded by the same call.
+When weights are absent the attack raises ``SkipCell`` at once with a message naming the missing file/model/folder
+and how to provide it; a folder that exists but does not load is an error naming it; random weights are never
+substituted in a run.
 
 Tests (and callers with their own networks) hand modules in explicitly with ``use_modules(...)``; the instance then
 records ``params["modules"] = "injected"`` so its label and params never pass for the hub model.
@@ -99,10 +103,18 @@ def missing_hf_message(who: str, what: str, model_id: str, err: BaseException, p
 
 @contextmanager
 def _hub_quiet() -> Iterator[None]:
-    """Silence huggingface_hub's deprecation chatter that diffusers triggers on every offline load."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
-        yield
+    """Silence huggingface_hub's deprecation chatter that diffusers triggers on every offline load, and diffusers'
+    note that fp16 weights (the shipped folders) are cast to the float32 model."""
+    from diffusers.utils import logging as dlog
+
+    level = dlog.get_verbosity()
+    dlog.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+            yield
+    finally:
+        dlog.set_verbosity(level)
 
 
 def _diffusers(who: str) -> Any:
@@ -113,25 +125,77 @@ def _diffusers(who: str) -> Any:
     return diffusers
 
 
+def _is_path(model: str) -> bool:
+    """A local folder rather than a hub id (``name`` or ``org/name``): it exists, or it is spelled like a path."""
+    return (
+        Path(model).expanduser().exists()
+        or model.startswith(("/", ".", "~"))
+        or model.count("/") > 1
+        or "\\" in model
+    )
+
+
+def resolve_model(who: str, model: str, builtin_stem: str) -> tuple[str, bool]:
+    """(what to hand ``from_pretrained``, whether it is a local folder).  ``builtin`` -> the shipped folder
+    ``wmbench/weights/<builtin_stem>/``; a missing folder raises SkipCell naming it and how to provide it."""
+    from .latent_diffusion import BUILTIN, shipped_folder
+
+    if model == BUILTIN:
+        folder = shipped_folder(builtin_stem)
+        if not folder.is_dir():
+            raise SkipCell(
+                f"attack {who!r}: the built-in model folder {folder} is not installed; reinstall wmbench or train "
+                f"it with `wmbench train {builtin_stem}` and pass params.model: <out dir>/{builtin_stem}"
+            )
+        return str(folder), True
+    if _is_path(model):
+        folder = Path(model).expanduser()
+        if not folder.is_dir():
+            raise SkipCell(
+                f"attack {who!r}: model folder {folder} does not exist (params.model takes a hub id, a local "
+                f"folder in diffusers layout, or 'builtin')"
+            )
+        return str(folder), True
+    return model, False
+
+
+def _load_failed(who: str, what: str, src: str, local: bool, e: BaseException, param: str) -> Exception:
+    """The error for a model that did not load: a broken local folder is an error naming it; a hub id that is
+    not cached offline skips the cell with how to provide it."""
+    if local:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return WmbenchError(
+            f"attack {who!r}: cannot load the {what} from the folder {src} (params.{param}): {first}. The folder "
+            f"must be in diffusers layout (config.json + diffusion_pytorch_model.safetensors), as save_pretrained "
+            f"writes it"
+        )
+    return SkipCell(missing_hf_message(who, what, src, e, param))
+
+
 def load_autoencoder(
     who: str,
     model_id: str,
     subfolder: str | None = None,
     what: str | None = None,
     param: str = "model",
+    builtin_stem: str = "sd_vae_builtin",
 ) -> nn.Module:
-    """A pretrained diffusers AutoencoderKL from the local cache or a local folder, else SkipCell (immediately)."""
+    """A pretrained diffusers AutoencoderKL (float32, eval, frozen) through ``from_pretrained``: a hub id from the
+    local cache (else SkipCell, immediately), a local folder or ``builtin`` (broken: WmbenchError naming it)."""
     diffusers = _diffusers(who)
+    src, local = resolve_model(who, model_id, builtin_stem)
     kw: dict[str, Any] = {"local_files_only": True, "low_cpu_mem_usage": False}
     if subfolder:
         kw["subfolder"] = subfolder
+    what = what or "AutoencoderKL" + (f" (subfolder {subfolder!r})" if subfolder else "")
     try:
         with _hub_quiet():
-            vae = diffusers.AutoencoderKL.from_pretrained(model_id, **kw)
-    except (OSError, ValueError) as e:  # missing files offline / not a repo id nor a folder
-        what = what or "AutoencoderKL" + (f" (subfolder {subfolder!r})" if subfolder else "")
-        raise SkipCell(missing_hf_message(who, what, model_id, e, param)) from None
-    return vae.eval().requires_grad_(False)
+            vae = diffusers.AutoencoderKL.from_pretrained(src, **kw)
+    except Exception as e:  # noqa: BLE001 - missing files offline, bad JSON, truncated safetensors, ...
+        if not local and not isinstance(e, OSError | ValueError):
+            raise
+        raise _load_failed(who, what, src, local, e, param) from None
+    return vae.float().eval().requires_grad_(False)
 
 
 class _Regen(Attack):
@@ -278,12 +342,13 @@ def _decode(vae: nn.Module, z: Tensor) -> Tensor:
 class SdVae(_Regen):
     """Encode with a pretrained AutoencoderKL and decode again, ``strength`` times (a rinse).
 
-    params: ``model`` (hub id or local folder), ``subfolder`` (e.g. "vae" inside a pipeline repo), ``sample``
-    (False: decode the posterior mean, deterministic; True: a posterior draw from ``gen``).
+    params: ``model`` (hub id, local folder, or ``builtin``: the shipped ``wmbench/weights/sd_vae_builtin/``),
+    ``subfolder`` (e.g. "vae" inside a pipeline repo), ``sample`` (False: decode the posterior mean, deterministic;
+    True: a posterior draw from ``gen``).
     """
 
     name = "sd_vae"
-    description = "diffusers AutoencoderKL encode/decode round trip (pretrained, offline only)"
+    description = "diffusers AutoencoderKL encode/decode round trip (hub, local folder or model: builtin)"
     unit = "VAE round trips"
     integer_strength = True
     default_strengths = (1.0,)
@@ -380,74 +445,101 @@ def ddim_regenerate(
 class DiffusionRegen(_Regen):
     """WAVES / W-Bench regeneration: noise the latent to step t and denoise with an empty prompt, ``rinse`` times.
 
-    params: ``pipeline`` (a Stable-Diffusion-layout repo id or local folder: vae/, unet/, scheduler/, and
-    text_encoder/ + tokenizer/ when the UNet is text-conditioned), ``rinse`` (full regenerations in a row),
-    ``steps`` (DDIM steps over the whole 1000-step schedule; denoising from t takes ceil(t·steps/1000)).
-    strength t = 0 is a plain VAE round trip.
+    params: ``model`` (a Stable-Diffusion-layout repo id or local folder: unet/, scheduler/, vae/ unless ``vae`` is
+    given, and text_encoder/ + tokenizer/ when the UNet is text-conditioned; or ``builtin``: the shipped
+    ``ldm_builtin/`` UNet + DDIM scheduler with the ``sd_vae_builtin/`` VAE; ``pipeline`` is an older name for it),
+    ``vae`` (an AutoencoderKL to use instead of the model's vae/: hub id, folder or ``builtin``), ``rinse`` (full
+    regenerations in a row), ``steps`` (DDIM steps over the whole 1000-step schedule; denoising from t takes
+    ceil(t·steps/1000)).  strength t = 0 is a plain VAE round trip.  The UNet class (UNet2DConditionModel, or an
+    unconditional UNet2DModel) is the one its config names.
     """
 
     name = "diffusion_regen"
-    description = (
-        "latent diffusion regeneration: noise to step t, DDIM-denoise, decode (pretrained, offline only)"
-    )
+    description = "latent diffusion regeneration: noise to step t, DDIM-denoise, decode (hub, local folder or model: builtin)"
     unit = "diffusion noise step t (of 1000)"
     integer_strength = True
     default_strengths = (60.0, 120.0, 180.0, 240.0)
     strength_range = (0.0, 240.0)  # W-Bench: steps 60..240
-    _defaults = {"pipeline": "stabilityai/stable-diffusion-2-1-base", "rinse": 1, "steps": 50}
+    _defaults = {"model": "stabilityai/stable-diffusion-2-1-base", "vae": None, "rinse": 1, "steps": 50}
 
     def __init__(
         self,
-        pipeline: str = "stabilityai/stable-diffusion-2-1-base",
+        model: str = "stabilityai/stable-diffusion-2-1-base",
+        vae: str | None = None,
         rinse: int = 1,
         steps: int = 50,
+        pipeline: str | None = None,
         **params: Any,
     ) -> None:
         super().__init__(**params)
+        if pipeline is not None:
+            if model != self._defaults["model"] and model != pipeline:
+                raise WmbenchError(f"attack {self.name!r}: give model or its older name pipeline, not both")
+            model = pipeline
         self.params = {
-            "pipeline": str(pipeline),
+            "model": str(model),
+            "vae": None if vae is None else str(vae),
             "rinse": _int_param(self.name, "rinse", rinse, 1),
             "steps": _int_param(self.name, "steps", steps, 1),
         }
 
+    def _vae_source(self) -> tuple[str, str | None]:
+        """(model id/folder, subfolder) of the VAE: ``vae`` if given, the shipped VAE for builtin, else vae/."""
+        from .latent_diffusion import BUILTIN
+
+        if self.params["vae"] is not None:
+            return self.params["vae"], None
+        if self.params["model"] == BUILTIN:
+            return BUILTIN, None
+        return self.params["model"], "vae"
+
     def _load(self) -> None:
         if "unet" in self._mods:
             return
-        who, pid = self.name, self.params["pipeline"]
+        from .latent_diffusion import BUILTIN_LDM
+
+        who = self.name
         diffusers = _diffusers(who)
-        vae = load_autoencoder(who, pid, "vae", what="pipeline", param="pipeline")
+        vsrc, vsub = self._vae_source()
+        vae = load_autoencoder(who, vsrc, vsub, what="VAE", param="vae" if vsub is None else "model")
+        pid, local = resolve_model(who, self.params["model"], BUILTIN_LDM)
         kw: dict[str, Any] = {"local_files_only": True}
         try:
             with _hub_quiet():
                 sched = diffusers.DDIMScheduler.from_pretrained(pid, subfolder="scheduler", **kw)
-                unet = diffusers.UNet2DConditionModel.from_pretrained(
-                    pid, subfolder="unet", low_cpu_mem_usage=False, **kw
-                )
-        except (OSError, ValueError) as e:
-            raise SkipCell(missing_hf_message(who, "pipeline", pid, e, "pipeline")) from None
+                cfg = diffusers.UNet2DConditionModel.load_config(pid, subfolder="unet", **kw)
+                unet_cls = getattr(diffusers, str(cfg.get("_class_name", "UNet2DConditionModel")))
+                unet = unet_cls.from_pretrained(pid, subfolder="unet", low_cpu_mem_usage=False, **kw)
+        except Exception as e:  # noqa: BLE001 - missing files offline, bad JSON, truncated safetensors, ...
+            if not local and not isinstance(e, OSError | ValueError | AttributeError):
+                raise
+            raise _load_failed(who, "pipeline (unet/, scheduler/)", pid, local, e, "model") from None
         cond = None
         if getattr(unet.config, "cross_attention_dim", None):
-            try:
-                from transformers import CLIPTextModel, CLIPTokenizer
-            except ImportError:
-                raise SkipCell(
-                    f"attack {who!r}: pipeline {pid!r} is text-conditioned; its text encoder needs the "
-                    f"transformers package: pip install transformers"
-                ) from None
-            try:
-                with _hub_quiet():
-                    tok = CLIPTokenizer.from_pretrained(pid, subfolder="tokenizer", **kw)
-                    enc = CLIPTextModel.from_pretrained(pid, subfolder="text_encoder", **kw).eval()
-            except (OSError, ValueError) as e:
-                raise SkipCell(
-                    missing_hf_message(who, "pipeline text encoder of", pid, e, "pipeline")
-                ) from None
-            ids = tok(
-                "", padding="max_length", max_length=tok.model_max_length, return_tensors="pt"
-            ).input_ids
-            with torch.no_grad():
-                cond = enc(ids)[0]  # 1 L d: the empty prompt, no classifier-free guidance
-        self._mods.update(vae=vae, unet=unet.eval().requires_grad_(False), scheduler=sched, cond=cond)
+            cond = self._empty_prompt(pid)
+        unet = unet.float().eval().requires_grad_(False)
+        self._mods.update(vae=vae, unet=unet, scheduler=sched, cond=cond)
+
+    def _empty_prompt(self, pid: str) -> Tensor:
+        """The text encoder's embedding of the empty prompt (no classifier-free guidance).  -> 1 L d"""
+        who = self.name
+        try:
+            from transformers import CLIPTextModel, CLIPTokenizer
+        except ImportError:
+            raise SkipCell(
+                f"attack {who!r}: pipeline {pid!r} is text-conditioned; its text encoder needs the "
+                f"transformers package: pip install transformers"
+            ) from None
+        kw: dict[str, Any] = {"local_files_only": True}
+        try:
+            with _hub_quiet():
+                tok = CLIPTokenizer.from_pretrained(pid, subfolder="tokenizer", **kw)
+                enc = CLIPTextModel.from_pretrained(pid, subfolder="text_encoder", **kw).eval()
+        except (OSError, ValueError) as e:
+            raise SkipCell(missing_hf_message(who, "pipeline text encoder of", pid, e, "model")) from None
+        ids = tok("", padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+        with torch.no_grad():
+            return enc(ids)[0]
 
     def _denoiser(self, device: torch.device) -> Any:
         unet, cond = self._mods["unet"].to(device), self._mods.get("cond")

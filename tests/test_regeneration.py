@@ -174,7 +174,7 @@ def test_diffusion_regen_noises_and_denoises():
 )
 def test_hub_models_missing_offline_skip_at_once(name, model):
     atk = attacks().get(name)()
-    model = model or atk.params["pipeline"]
+    model = model or atk.params["model"]
     t0 = time.perf_counter()
     with pytest.raises(SkipCell) as e:
         atk.apply(_images(), atk.default_strengths[0], gen=_gen())

@@ -23,6 +23,10 @@ tensors, numbers, dicts), ``export_weights() -> dict[str, Tensor]`` and ``archit
 Attack models (``model.kind: attack``, e.g. a regeneration autoencoder) come from the attack registry and also
 provide ``evaluate_model(images uint8 n 3 h w, batch_size) -> dict`` (what their card reports, e.g. PSNR, bpp)
 and optionally ``eval_description``; ``train_stats`` (class tuple) names the stats ``train_step`` reports.
+Diffusers models (``model.kind: diffusers``, names in ``DIFFUSERS_MODELS``: the latent-diffusion stack the
+regeneration attacks load with ``from_pretrained``) have the same hooks plus ``save_pretrained(folder)``: their
+output is the folder ``<name>/`` in diffusers' own layout with the card inside it (``<name>/wmbench_card.json``,
+which lists every file's sha256) instead of ``<name>.safetensors`` + ``<name>.json``.
 
 ``quality_target`` steers the image-loss weight to a training PSNR (see ``QualityTarget``).
 """
@@ -67,6 +71,13 @@ HOOKS = (
     "export_weights",
     "architecture",
 )
+#: trainable diffusers-format models (``model.kind: diffusers``): name -> "module:Class"
+DIFFUSERS_MODELS = {
+    "autoencoder_kl": "wmbench.attacks.latent_diffusion:VaeModel",
+    "latent_unet": "wmbench.attacks.latent_diffusion:LatentUnetModel",
+}
+#: the card a diffusers-format output folder carries (next to its config.json / model_index-like subfolders)
+FOLDER_CARD = "wmbench_card.json"
 #: config keys that do not change the trained weights (a resumed run may change them, e.g. to train longer)
 _NOT_HASHED = ("description", "steps", "log_every", "checkpoint_every", "eval", "device")
 
@@ -79,7 +90,7 @@ class _Strict(BaseModel):
 class ModelSpec(_Strict):
     """The model to train: a registered name, its params, and optionally a checkpoint to start from."""
 
-    kind: Literal["method", "attack"] = "method"
+    kind: Literal["method", "attack", "diffusers"] = "method"
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
     init_from: str | None = None
@@ -234,6 +245,13 @@ def load_train_config(config: str | Path) -> tuple[Path, TrainConfig]:
 
 
 def _model_registry(cfg: TrainConfig) -> Any:
+    if cfg.model.kind == "diffusers":
+        from wmbench.registry import Registry
+
+        reg: Registry[Any] = Registry("diffusers model", "wmbench.diffusers_models")
+        for k, v in DIFFUSERS_MODELS.items():
+            reg.register(k, v)
+        return reg
     return method_registry() if cfg.model.kind == "method" else attack_registry()
 
 
@@ -243,8 +261,10 @@ def _check_names(path: Path, cfg: TrainConfig) -> None:
         raise WmbenchError(f"{path}: model.name: {mreg.unknown_message(cfg.model.name)}")
     cls = mreg.get(cfg.model.name)
     missing = [h for h in HOOKS if not hasattr(cls, h)]
-    if cfg.model.kind == "attack" and not hasattr(cls, "evaluate_model"):
+    if cfg.model.kind in ("attack", "diffusers") and not hasattr(cls, "evaluate_model"):
         missing.append("evaluate_model")
+    if cfg.model.kind == "diffusers" and not hasattr(cls, "save_pretrained"):
+        missing.append("save_pretrained")
     if missing:
         raise WmbenchError(
             f"{path}: model.name: {cfg.model.kind} {cfg.model.name!r} is not trainable "
@@ -533,7 +553,7 @@ def train(
     device: str | None = None,
     max_steps: int | None = None,
 ) -> Path:
-    """Train the config's model; returns the path of ``<out_dir>/<name>.safetensors``.
+    """Train the config's model; returns ``<out_dir>/<name>.safetensors`` (diffusers models: the folder ``<name>/``).
 
     ``config_path``: a YAML file or a packaged config name (``hidden``, ``tiny``).  ``resume``: continue from
     ``out_dir/checkpoint.pt`` (bit-exact; starts fresh if there is none); without it, an ``out_dir`` that already
@@ -672,6 +692,63 @@ def train(
     return _finish(path, cfg, out, model, data_info, step, elapsed, commands, dev)
 
 
+def _write_safetensors(cfg: TrainConfig, out: Path, model: Any, step: int) -> tuple[Path, dict[str, Any]]:
+    """``<name>.safetensors`` (weights, architecture in the metadata) -> (path, the card's file fields)."""
+    from safetensors.torch import save_file
+
+    weights = model.export_weights()
+    st_path = out / f"{cfg.name}.safetensors"
+    tmp = st_path.with_name(st_path.name + ".tmp")
+    save_file(
+        weights,
+        str(tmp),
+        metadata={
+            "wmbench_method": cfg.model.name,
+            "params": json.dumps(model.architecture(), sort_keys=True),
+            "steps": str(step),
+        },
+    )
+    os.replace(tmp, st_path)
+    st_path.chmod(0o644)
+    return st_path, {
+        "file": st_path.name,
+        "file_sha256": hashlib.sha256(st_path.read_bytes()).hexdigest(),
+        "file_bytes": st_path.stat().st_size,
+        "parameters": int(sum(v.numel() for v in weights.values())),
+    }
+
+
+def folder_files(folder: Path) -> dict[str, str]:
+    """sha256 of every file under a diffusers output folder except its card (posix relative path -> hex)."""
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != FOLDER_CARD
+    }
+
+
+def _write_folder(cfg: TrainConfig, out: Path, model: Any) -> tuple[Path, dict[str, Any]]:
+    """``<name>/`` written by the model's ``save_pretrained`` (diffusers layout): written beside, then swapped in,
+    so a crash never leaves half a folder under the final name.  -> (folder, the card's file fields)"""
+    import shutil
+
+    folder = out / cfg.name
+    tmp = out / f".{cfg.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    files = folder_files(folder)
+    return folder, {
+        "file": f"{folder.name}/",
+        "files": files,
+        "file_bytes": sum((folder / f).stat().st_size for f in files),
+        "parameters": int(sum(v.numel() for v in model.export_weights().values())),
+    }
+
+
 def _finish(
     path: Path,
     cfg: TrainConfig,
@@ -683,26 +760,16 @@ def _finish(
     commands: list[str],
     dev: torch.device,
 ) -> Path:
-    """Write ``<name>.safetensors`` (weights, architecture in the metadata) and the ``<name>.json`` card."""
-    from safetensors.torch import save_file
-
+    """Write the weights (``<name>.safetensors``, or the diffusers folder ``<name>/``) and the card."""
     import wmbench
 
-    weights = model.export_weights()
+    if cfg.model.kind == "diffusers":
+        st_path, file_fields = _write_folder(cfg, out, model)
+        card_path = st_path / FOLDER_CARD
+    else:
+        st_path, file_fields = _write_safetensors(cfg, out, model, step)
+        card_path = out / f"{cfg.name}.json"
     arch = model.architecture()
-    st_path = out / f"{cfg.name}.safetensors"
-    tmp = st_path.with_name(st_path.name + ".tmp")
-    save_file(
-        weights,
-        str(tmp),
-        metadata={
-            "wmbench_method": cfg.model.name,
-            "params": json.dumps(arch, sort_keys=True),
-            "steps": str(step),
-        },
-    )
-    os.replace(tmp, st_path)
-    st_path.chmod(0o644)
     t0 = time.perf_counter()
     ev_images, ev_info = _eval_images(cfg, cfg.eval.count)
     ev = _evaluate(model, ev_images, cfg.eval.batch_size)
@@ -714,10 +781,7 @@ def _finish(
         "kind": cfg.model.kind,
         **({"nbits": int(model.nbits)} if cfg.model.kind == "method" else {}),
         "train_image_size": cfg.data.crop or cfg.data.size,
-        "file": st_path.name,
-        "file_sha256": hashlib.sha256(st_path.read_bytes()).hexdigest(),
-        "file_bytes": st_path.stat().st_size,
-        "parameters": int(sum(v.numel() for v in weights.values())),
+        **file_fields,
         "data": {k: v for k, v in data_info.items() if k != "photos"}
         | {"crop": cfg.data.crop, "flip": cfg.data.flip},
         "steps": step,
@@ -750,5 +814,5 @@ def _finish(
         "python": platform.python_version(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    (out / f"{cfg.name}.json").write_text(json.dumps(card, indent=2) + "\n")
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
     return st_path
