@@ -170,6 +170,7 @@ def analyse(logits: np.ndarray, target_fpr: float = 1e-3, seed: int = 0) -> dict
                 "worst_key": _fpr(worst_matches, t),
             }
         )
+    at_target = next(x for x in levels if x["fpr"] == target_fpr)
     ps = [gof["p_value"], fair["balance_p"], fair["dispersion_p"]]
     is_fair = all(not np.isfinite(p) or p >= ALPHA / 3 for p in ps)
     emp = _fpr(matches, tau)
@@ -200,7 +201,7 @@ def analyse(logits: np.ndarray, target_fpr: float = 1e-3, seed: int = 0) -> dict
         "levels": levels,
         "keys": _key_spread(bits, analytic_threshold(k, 0.01), seed),
         "fair_coins": bool(is_fair),
-        "verdict": _verdict(is_fair, ps, emp, target_fpr, n),
+        "verdict": _verdict(is_fair, ps, emp, target_fpr, n, at_target["worst_key"]),
     }
 
 
@@ -231,13 +232,14 @@ def _key_spread(bits: np.ndarray, tau: int, seed: int) -> dict[str, Any]:
     }
 
 
-def _verdict(fair: bool, ps: list[float], emp: dict, fpr: float, n: int) -> str:
+def _verdict(fair: bool, ps: list[float], emp: dict, fpr: float, n: int, worst: dict) -> str:
     lo, hi = emp["ci"]
     if not fair:
         return (
             f"NOT fair coins (smallest p = {min(p for p in ps if np.isfinite(p)):.1e}): the analytic threshold's "
-            f"FPR does not hold for every fixed key (see levels.worst_key and keys); measure your key's FPR on "
-            f"clean images. This key: FPR {emp['fpr']:.4f} [{lo:.4f}, {hi:.4f}] at the analytic threshold"
+            f"FPR does not hold for every fixed key; the worst key's measured FPR is {worst['fpr']:.4f} for a "
+            f"target of {fpr:g} (levels.worst_key, keys); measure your key's FPR on clean images. This key: FPR "
+            f"{emp['fpr']:.4f} [{lo:.4f}, {hi:.4f}] at the analytic threshold"
         )
     tail = "" if fpr * n >= 1 else f" ({n} images resolve FPRs down to {1 / n:.0e}, not {fpr:g})"
     return (
