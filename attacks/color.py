@@ -49,7 +49,7 @@ class Brightness(Attack):
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:
-        return (x * _factor(self.name, strength)).clamp(0, 1)  # b 3 h w
+        return x.mul(_factor(self.name, strength)).clamp_(0, 1)  # b 3 h w
 
 
 class Contrast(Attack):
@@ -73,7 +73,7 @@ class Contrast(Attack):
     ) -> Tensor:
         f = _factor(self.name, strength)
         m = _gray(x).mean(dim=(1, 2, 3), keepdim=True)  # b 1 1 1
-        return (m + f * (x - m)).clamp(0, 1)
+        return (x - m).mul_(f).add_(m).clamp_(0, 1)  # = m + f·(x − m), fewer temporaries
 
 
 class Saturation(Attack):
@@ -100,7 +100,7 @@ class Saturation(Attack):
     ) -> Tensor:
         f = _factor(self.name, strength)
         g = _gray(x)  # b 1 h w
-        return (g + f * (x - g)).clamp(0, 1)
+        return (x - g).mul_(f).add_(g).clamp_(0, 1)  # = g + f·(x − g), fewer temporaries
 
 
 class Hue(Attack):

@@ -1,7 +1,7 @@
 """Lossy codecs run through the real libraries (libjpeg / libwebp via PIL), in memory.
 
-A batch goes to 8 bits once (on the input's device), then each image is encoded and decoded by PIL in a thread
-pool as wide as torch's thread count (PIL releases the GIL while it codes, so a 2-core CPU codes two images at
+A batch goes to 8 bits once (on the input's device) and comes back once; in between each image is encoded and
+decoded by PIL in a thread pool as wide as torch's thread count (PIL releases the GIL while it codes, so a 2-core CPU codes two images at
 once; one thread codes them in turn, without a pool), and the decoded bytes come back as one tensor.  The values
 are exactly those of a plain per-image PIL round trip.  Not differentiable: training uses the base class's
 straight-through ``forward_st``.
@@ -39,44 +39,27 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         return _POOL
 
 
-_SCRATCH = threading.local()
+def _to_planes_u8(x: Tensor) -> np.ndarray:
+    """The batch to 8 bits once, rounded as saving a PNG would, on x's device (only bytes cross to the CPU).
+    b 3 h w in [0,1] -> b 3 h w uint8 (numpy)
 
-
-def _scratch(shape: torch.Size) -> Tensor:
-    """A float32 buffer of ``shape`` owned by the calling thread (fresh allocations of this size cost more in
-    page faults than the arithmetic)."""
-    buf = getattr(_SCRATCH, "buf", None)
-    if buf is None or buf.shape != shape:
-        buf = _SCRATCH.buf = torch.empty(shape)
-    return buf
-
-
-def _planes_u8(t: Tensor) -> np.ndarray:
-    """One image to 8 bits, rounded as saving a PNG would.  3 h w float in [0,1] (or uint8) -> 3 h w uint8
-
-    ``round(x·255)`` clamped to [0, 255] equals the old ``round(clamp(x, 0, 1)·255)`` for every x.  Per image the
-    passes stay in the CPU cache, and numpy casts the exact integers to uint8 (torch's cast is ~8× slower here).
+    ``round(x·255)`` clamped to [0, 255] equals the old ``round(clamp(x, 0, 1)·255)`` for every x; numpy casts
+    the exact integers to uint8 (torch's float->uint8 cast is ~8× slower on this CPU).
     """
-    if t.dtype == torch.uint8:
-        return t.numpy()
-    f = torch.mul(t, 255.0, out=_scratch(t.shape)) if t.dtype == torch.float32 else t.mul(255.0)
-    return f.round_().clamp_(0, 255).numpy().astype(np.uint8)
+    r = x.detach().mul(255.0).round_().clamp_(0, 255)
+    if r.device.type == "cpu":
+        return r.numpy().astype(np.uint8, order="C")
+    return r.to(torch.uint8).contiguous().cpu().numpy()
 
 
-def _write_planes(dec: np.ndarray, dst: Tensor) -> None:
-    """A decoded image into ``dst`` as ``bytes / 255`` (float: the exact float32 quotient, as torch's), one
-    plane at a time (OpenCV splits the channels).  dec: h w 3 uint8; dst: 3 h w float or uint8"""
-    import cv2
-
-    planes = cv2.split(dec)  # 3 × (h w)
-    if dst.dtype == torch.float32:
-        out = dst.numpy()
-        for c, p in enumerate(planes):
-            np.divide(p, np.float32(255.0), out=out[c], dtype=np.float32)
-    elif dst.dtype == torch.uint8:
-        dst.copy_(torch.from_numpy(np.stack(planes)))
-    else:
-        dst.copy_(torch.from_numpy(np.stack(planes))).div_(255.0)
+def _from_planes_u8(a: np.ndarray, like: Tensor) -> Tensor:
+    """Decoded bytes back as ``bytes / 255`` (for float32, numpy's quotient is torch's, exactly) on ``like``'s
+    device and dtype.  b 3 h w uint8 -> b 3 h w"""
+    if like.device.type == "cpu" and like.dtype == torch.float32:
+        out = torch.empty(a.shape)
+        np.divide(a, np.float32(255.0), out=out.numpy(), dtype=np.float32)
+        return out
+    return torch.from_numpy(a).to(like.device).to(like.dtype).div_(255.0)
 
 
 def _quality(name: str, strength: float) -> int:
@@ -86,32 +69,26 @@ def _quality(name: str, strength: float) -> int:
     return q
 
 
-def _roundtrip(src: Tensor, dst: Tensor, fmt: str, save: dict[str, Any]) -> None:
-    """Encode one image with PIL and decode it into ``dst``.  src: 3 h w (float in [0,1] or uint8, CPU);
-    dst: 3 h w (float, written as decoded/255, or uint8), CPU.
+def _roundtrip(src: np.ndarray, dst: np.ndarray, fmt: str, save: dict[str, Any]) -> None:
+    """Encode one image with PIL and decode it into ``dst``.  src, dst: 3 h w uint8
 
     OpenCV's merge/split interleave and de-interleave the channels (torch's strided uint8 copies are far slower).
     """
     import cv2  # imported here: only the codecs and median blur need OpenCV
 
     buf = io.BytesIO()
-    Image.fromarray(cv2.merge(list(_planes_u8(src))), "RGB").save(buf, format=fmt, **save)
+    Image.fromarray(cv2.merge(list(src)), "RGB").save(buf, format=fmt, **save)
     buf.seek(0)
     with Image.open(buf) as im:
-        dec = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))  # h w 3 uint8
-    _write_planes(dec, dst)
+        dec = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))  # h w 3
+    for c, plane in enumerate(cv2.split(dec)):
+        dst[c] = plane
 
 
 def _codec(x: Tensor, fmt: str, **save: Any) -> Tensor:
-    """PIL round trip of every image of a batch.  b 3 h w in [0,1] -> b 3 h w in [0,1] (x's device and dtype)
-
-    On the CPU each worker converts, codes and writes back one image; elsewhere the batch goes to 8 bits on its
-    device first, so only bytes cross to the CPU and back.
-    """
-    x = x.detach()
-    on_cpu = x.device.type == "cpu"
-    src = x.contiguous() if on_cpu else x.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).cpu()
-    dst = torch.empty_like(src) if on_cpu else torch.empty(src.shape, dtype=torch.uint8)
+    """PIL round trip of every image of a batch.  b 3 h w in [0,1] -> b 3 h w in [0,1] (x's device and dtype)"""
+    src = _to_planes_u8(x)  # b 3 h w uint8
+    dst = np.empty_like(src)
     workers = min(torch.get_num_threads(), src.shape[0])
     if workers <= 1:
         for i in range(src.shape[0]):
@@ -120,7 +97,7 @@ def _codec(x: Tensor, fmt: str, **save: Any) -> Tensor:
         jobs = [_pool(workers).submit(_roundtrip, src[i], dst[i], fmt, save) for i in range(src.shape[0])]
         for j in jobs:
             j.result()
-    return dst if on_cpu else dst.to(x.device).to(x.dtype).div_(255.0)
+    return _from_planes_u8(dst, x)
 
 
 class Jpeg(Attack):

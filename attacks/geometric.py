@@ -25,22 +25,20 @@ def _crop_resize(x: Tensor, a: float, name: str, gen: rng.Gen | None) -> Tensor:
     """
     if not 0.0 < a <= 1.0:
         raise WmbenchError(f"attack {name!r}: kept area ratio {a} is outside (0, 1]")
-    b, c, h, w = x.shape
+    b, _, h, w = x.shape
     ch, cw = max(1, round(h * math.sqrt(a))), max(1, round(w * math.sqrt(a)))
     if (ch, cw) == (h, w):
         return x
-    if gen is None:
-        y0 = torch.full((b,), (h - ch) // 2)
-        x0 = torch.full((b,), (w - cw) // 2)
-    else:
-        y0 = rng.randint(gen, 0, h - ch + 1, b)
-        x0 = rng.randint(gen, 0, w - cw + 1, b)
-    rows = (y0[:, None] + torch.arange(ch)).to(x.device)  # b ch
-    cols = (x0[:, None] + torch.arange(cw)).to(x.device)  # b cw
-    bi = torch.arange(b, device=x.device)[:, None, None, None]
-    ci = torch.arange(c, device=x.device)[None, :, None, None]
-    crop = x[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]  # b c ch cw
-    return F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
+    if gen is None:  # one window for the batch: a view, no copy
+        top, left = (h - ch) // 2, (w - cw) // 2
+        crop = x[..., top : top + ch, left : left + cw]
+    else:  # one window per image, copied by slicing (an index gather is several times slower)
+        y0 = rng.randint(gen, 0, h - ch + 1, b).tolist()
+        x0 = rng.randint(gen, 0, w - cw + 1, b).tolist()
+        crop = torch.stack(
+            [x[i, :, t : t + ch, s : s + cw] for i, (t, s) in enumerate(zip(y0, x0, strict=True))]
+        )
+    return F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False).clamp_(0, 1)  # b c h w
 
 
 class Resize(Attack):
@@ -118,6 +116,16 @@ class CenterCrop(Crop):
 _FILL = {"black": "zeros", "reflect": "reflection", "border": "border"}
 
 
+def _rotate_folded(x: Tensor, degrees: float, padding: str) -> Tensor:
+    """kornia's rotation of every image by one angle, with the batch folded into the channels so one sampling
+    grid (and one set of bilinear weights per pixel) serves all of them: the same values as rotating each image.
+    # b c h w -> b c h w"""
+    b, c, h, w = x.shape
+    angle = torch.tensor([degrees], device=x.device, dtype=x.dtype)
+    y = rotate(x.reshape(1, b * c, h, w), angle, padding_mode=padding)
+    return y.reshape(b, c, h, w).clamp_(0, 1)
+
+
 class Rotation(Attack):
     """Rotate about the centre (bilinear), counter-clockwise by ``strength`` degrees; uncovered corners are
     ``fill``: black (default, as WAVES), reflect or border.  ``random_sign=True`` draws the direction per image."""
@@ -148,10 +156,15 @@ class Rotation(Attack):
         if strength == 0:
             return x
         b = x.shape[0]
-        angle = torch.full((b,), float(strength), device=x.device, dtype=x.dtype)
-        if self.random_sign:
-            angle = angle * (rng.randint(gen, 0, 2, b) * 2 - 1).to(angle)
-        return rotate(x, angle, padding_mode=_FILL[self.fill]).clamp(0, 1)  # b 3 h w
+        if not self.random_sign:
+            return _rotate_folded(x, float(strength), _FILL[self.fill])
+        sign = (rng.randint(gen, 0, 2, b) * 2 - 1).tolist()
+        out = torch.empty_like(x)
+        for sg in (-1, 1):  # each direction shares one sampling grid
+            idx = [i for i in range(b) if sign[i] == sg]
+            if idx:
+                out[idx] = _rotate_folded(x[idx], sg * float(strength), _FILL[self.fill])
+        return out  # b 3 h w
 
 
 class Perspective(Attack):

@@ -66,7 +66,7 @@ class GaussianNoise(Attack):
         if strength == 0:
             return x
         noise = rng.randn(gen, *x.shape).to(device=x.device, dtype=x.dtype)
-        return (x + float(strength) * noise).clamp(0, 1)  # b 3 h w
+        return noise.mul_(float(strength)).add_(x).clamp_(0, 1)  # = x + σ·noise, in place: b 3 h w
 
 
 class SaltPepper(Attack):
@@ -148,8 +148,9 @@ class Cropout(Attack):
         a = _fraction(self.name, strength, "kept area ratio")
         b, _, h, w = x.shape
         ch, cw = round(h * math.sqrt(a)), round(w * math.sqrt(a))
-        y0 = rng.randint(gen, 0, h - ch + 1, b, 1, 1)
-        x0 = rng.randint(gen, 0, w - cw + 1, b, 1, 1)
-        ys, xs = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
-        keep = (ys >= y0) & (ys < y0 + ch) & (xs >= x0) & (xs < x0 + cw)  # b h w
-        return torch.where(keep[:, None].to(x.device), x, c)  # b 3 h w
+        y0 = rng.randint(gen, 0, h - ch + 1, b, 1, 1).flatten().tolist()
+        x0 = rng.randint(gen, 0, w - cw + 1, b, 1, 1).flatten().tolist()
+        out = c.clone()  # the cover, with each image's kept rectangle copied in (slices, no mask)
+        for i, (t, s) in enumerate(zip(y0, x0, strict=True)):
+            out[i, :, t : t + ch, s : s + cw] = x[i, :, t : t + ch, s : s + cw]
+        return out  # b 3 h w

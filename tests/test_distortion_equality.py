@@ -9,10 +9,12 @@ No timings here: ``benchmarks/distortions.py`` measures speed.
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
@@ -84,3 +86,125 @@ def test_codec_keeps_dtype_and_layout() -> None:
     assert y.dtype == torch.float64 and y.is_contiguous()
     assert torch.equal(y, _old_codec(x, "JPEG", quality=50, subsampling=2))
     assert torch.equal(quantize_8bit(y), y)
+
+
+# --------------------------------------------------------------------------------------------- filters
+
+
+def _old_blur(x: Tensor, s: float) -> Tensor:
+    from wmbench.attacks.filtering import _blur_matrix
+
+    h, w = x.shape[-2:]
+    half = min(math.ceil(3 * s), min(h, w) - 1)
+    mh, mw = _blur_matrix(h, s, half, x), _blur_matrix(w, s, half, x)
+    return (mh @ x @ mw.T).clamp(0, 1)
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0, 2.0, 4.0, 30.0])
+def test_gaussian_blur_matches_the_matmul_form(sigma: float) -> None:
+    """OpenCV sums in another order: within 2e-6 before rounding, and after 8-bit rounding at most 1/255 on at
+    most 0.1% of the values (ties that land either side)."""
+    x = _photos()
+    new, old = _apply("gaussian_blur", x, sigma), _old_blur(x, sigma)
+    assert (new - old).abs().max() < 2e-6
+    d = (quantize_8bit(new) - quantize_8bit(old)).abs()
+    assert d.max() <= 1 / 255 + 1e-7 and (d > 0).float().mean() <= 1e-3
+    xg = x.clone().requires_grad_()  # the autograd path is still the matmul one
+    g = attacks().get("gaussian_blur")().apply(xg, sigma, gen=_gens(x))
+    assert g.requires_grad and torch.equal(g.detach(), old)
+
+
+def _old_median(x: Tensor, k: int) -> Tensor:
+    import cv2
+
+    a = (x * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    out = np.stack([cv2.medianBlur(np.ascontiguousarray(img), k) for img in a])
+    return torch.from_numpy(out).permute(0, 3, 1, 2).to(x.dtype) / 255.0
+
+
+@pytest.mark.parametrize("k", [3, 5, 7])
+def test_median_blur_equals_the_old_opencv_path(k: int) -> None:
+    x = _photos()
+    assert torch.equal(_apply("median_blur", x, k), _old_median(x, k))
+    off = _off_grid().clamp(0, 1)  # off the grid: the exact torch path, as before
+    from wmbench.attacks.filtering import _median_torch
+
+    assert torch.equal(_apply("median_blur", off, k), _median_torch(off, k))
+
+
+# -------------------------------------------------------------------------------------------- geometry
+
+
+def _old_crop(x: Tensor, a: float, gen: rng.Gen | None) -> Tensor:
+    b, c, h, w = x.shape
+    ch, cw = max(1, round(h * math.sqrt(a))), max(1, round(w * math.sqrt(a)))
+    if gen is None:
+        y0, x0 = torch.full((b,), (h - ch) // 2), torch.full((b,), (w - cw) // 2)
+    else:
+        y0, x0 = rng.randint(gen, 0, h - ch + 1, b), rng.randint(gen, 0, w - cw + 1, b)
+    rows, cols = y0[:, None] + torch.arange(ch), x0[:, None] + torch.arange(cw)
+    bi, ci = torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None]
+    crop = x[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
+    return F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+@pytest.mark.parametrize("a", [0.9, 0.5, 0.3])
+def test_crops_equal_the_index_gather(a: float) -> None:
+    x = _photos()
+    assert torch.equal(_apply("crop", x, a), _old_crop(x, a, _gens(x)))
+    assert torch.equal(_apply("center_crop", x, a), _old_crop(x, a, None))
+    g = torch.Generator().manual_seed(4)  # a plain generator (training) draws the same way too
+    assert torch.equal(_apply("crop", x, a, gen=g), _old_crop(x, a, torch.Generator().manual_seed(4)))
+
+
+def _old_rotation(x: Tensor, deg: float, fill: str, gen: rng.Gen | None) -> Tensor:
+    from kornia.geometry.transform import rotate
+
+    b = x.shape[0]
+    angle = torch.full((b,), deg)
+    if gen is not None:
+        angle = angle * (rng.randint(gen, 0, 2, b) * 2 - 1).to(angle)
+    return rotate(x, angle, padding_mode={"black": "zeros", "reflect": "reflection"}[fill]).clamp(0, 1)
+
+
+@pytest.mark.parametrize("deg", [5.0, 15.0, 45.0])
+def test_rotation_equals_per_image_kornia(deg: float) -> None:
+    x = _photos()
+    assert torch.equal(_apply("rotation", x, deg), _old_rotation(x, deg, "black", None))
+    assert torch.equal(_apply("rotation", x, deg, fill="reflect"), _old_rotation(x, deg, "reflect", None))
+    new = _apply("rotation", x, deg, random_sign=True)
+    assert torch.equal(new, _old_rotation(x, deg, "black", _gens(x)))
+
+
+# ------------------------------------------------------------------------------------ colour and noise
+
+
+def _gray(x: Tensor) -> Tensor:
+    return (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize("make_x", [_photos, _off_grid])
+def test_colour_and_noise_equal_the_old_expressions(make_x) -> None:
+    x = make_x()
+    assert torch.equal(_apply("brightness", x, 1.5), (x * 1.5).clamp(0, 1))
+    m = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
+    assert torch.equal(_apply("contrast", x, 1.7), (m + 1.7 * (x - m)).clamp(0, 1))
+    g = _gray(x)
+    assert torch.equal(_apply("saturation", x, 0.4), (g + 0.4 * (x - g)).clamp(0, 1))
+    noise = rng.randn(_gens(x), *x.shape)
+    assert torch.equal(_apply("gaussian_noise", x, 0.05), (x + 0.05 * noise).clamp(0, 1))
+
+
+def _old_cropout(x: Tensor, cover: Tensor, a: float, gen: rng.Gen) -> Tensor:
+    b, _, h, w = x.shape
+    ch, cw = round(h * math.sqrt(a)), round(w * math.sqrt(a))
+    y0, x0 = rng.randint(gen, 0, h - ch + 1, b, 1, 1), rng.randint(gen, 0, w - cw + 1, b, 1, 1)
+    ys, xs = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
+    keep = (ys >= y0) & (ys < y0 + ch) & (xs >= x0) & (xs < x0 + cw)
+    return torch.where(keep[:, None], x, cover)
+
+
+@pytest.mark.parametrize("a", [1.0, 0.7, 0.3, 0.0])
+def test_cropout_equals_the_mask_form(a: float) -> None:
+    x = _photos()
+    assert torch.equal(_apply("cropout", x, a), _old_cropout(x, x.flip(-1), a, _gens(x)))

@@ -39,18 +39,19 @@ class Kind(StrEnum):
 def list_cmd(kind: Annotated[Kind, typer.Argument(help="what to list")]) -> None:
     """List registered methods, attacks (with unit and default strengths) or metrics."""
     from wmbench.registry import attacks, methods
+    from wmbench.static_meta import plugin_meta  # built-ins' constants from source: no torch import
 
     try:
         if kind is Kind.methods:
             t = Table("method", "bits", "white-box", "description")
             reg = methods()
             for name in reg.names():
-                cls = reg.get(name)
+                cls = plugin_meta(reg, name, ("nbits", "differentiable_extract", "description"))
                 t.add_row(
                     name,
-                    str(getattr(cls, "nbits", "?")),
-                    "yes" if cls.differentiable_extract else "no",
-                    cls.description,
+                    str(cls["nbits"]),
+                    "yes" if cls["differentiable_extract"] else "no",
+                    cls["description"],
                 )
         elif kind is Kind.attacks:
             t = Table(
@@ -63,17 +64,18 @@ def list_cmd(kind: Annotated[Kind, typer.Argument(help="what to list")]) -> None
                 "description",
             )
             reg = attacks()
+            fields = ("family", "unit", "default_strengths", "strength_range", "differentiable", "description")
             for name in reg.names():
-                cls = reg.get(name)
-                lo, hi = cls.strength_range
+                cls = plugin_meta(reg, name, fields)
+                lo, hi = cls["strength_range"]
                 t.add_row(
                     name,
-                    cls.family,
-                    cls.unit,
-                    ", ".join(f"{s:g}" for s in cls.default_strengths),
+                    cls["family"],
+                    cls["unit"],
+                    ", ".join(f"{s:g}" for s in cls["default_strengths"]),
                     f"{lo:g} → {hi:g}",
-                    "yes" if cls.differentiable else "straight-through",
-                    cls.description,
+                    "yes" if cls["differentiable"] else "straight-through",
+                    cls["description"],
                 )
         else:
             from wmbench import metrics as M

@@ -54,6 +54,13 @@ class Registry(Generic[T]):
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         return f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(self.names())}."
 
+    def target(self, name: str) -> str | type[T]:
+        """What ``name`` is registered to (a lazy ``"module:Class"`` string or a class), without importing it."""
+        self._load_entry_points()
+        if name not in self._targets:
+            raise WmbenchError(self.unknown_message(name))
+        return self._targets[name]
+
     def get(self, name: str) -> type[T]:
         self._load_entry_points()
         if name in self._loaded:

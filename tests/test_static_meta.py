@@ -1,0 +1,48 @@
+"""``wmbench list`` reads built-ins' constants from their source (wmbench/static_meta.py): the values must be the
+imported classes' own, and listing must not import torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from wmbench.registry import attacks, methods
+from wmbench.static_meta import plugin_meta, static_meta
+
+ATTACK_FIELDS = ("family", "unit", "default_strengths", "strength_range", "differentiable", "description")
+METHOD_FIELDS = ("nbits", "differentiable_extract", "description")
+CASES = [(attacks, n, ATTACK_FIELDS) for n in attacks().names()] + [
+    (methods, n, METHOD_FIELDS) for n in methods().names()
+]
+
+
+@pytest.mark.parametrize(("reg", "name", "fields"), CASES, ids=[c[1] for c in CASES])
+def test_static_metadata_equals_the_imported_class(reg, name, fields) -> None:
+    cls = reg().get(name)
+    want = {f: getattr(cls, f, "?") for f in fields}
+    assert plugin_meta(reg(), name, fields) == want
+    target = reg().target(name)
+    if isinstance(target, str) and target.startswith("wmbench."):
+        assert static_meta(target, fields) == want, "a built-in's constants are no longer literals"
+
+
+def test_unreadable_classes_fall_back_to_import() -> None:
+    assert static_meta("wmbench.attacks.compression:NoSuchClass", ("unit",)) is None
+    assert static_meta("wmbench.attacks.compression:Jpeg", ("no_such_field",)) is None
+    assert static_meta("thirdparty.mod:Cls", ("unit",)) is None  # only wmbench's own files are read
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["list", "attacks"], ["list", "methods"]])
+def test_help_and_list_do_not_import_torch(argv: list[str]) -> None:
+    code = (
+        "import sys\n"
+        "from wmbench.cli import app\n"
+        f"sys.argv = ['wmbench', *{argv!r}]\n"
+        "try:\n    app()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("NO-TORCH"), out.stdout[-300:]
