@@ -37,7 +37,7 @@ def wm_key(cover: torch.Tensor, msg: torch.Tensor) -> str:
 
 
 class WatermarkCache:
-    """PNG files + a JSON sidecar with the embed time of each image."""
+    """PNG files + a JSON sidecar with the embed time and the pixels' sha256 (checked on every read)."""
 
     def __init__(self, fingerprint: str, root: Path | None = None) -> None:
         self.dir = (root or home() / "cache" / "wm") / fingerprint
@@ -48,15 +48,22 @@ class WatermarkCache:
             return None
         try:
             with Image.open(png) as im:
-                arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-            t = float(json.loads(meta.read_text())["t_embed"])
-        except (OSError, ValueError, KeyError):
+                if im.mode != "RGB":
+                    return None  # written as RGB: another mode means the file was replaced
+                arr = np.asarray(im, dtype=np.uint8)
+            info = json.loads(meta.read_text())
+            t = float(info["t_embed"])
+            if info.get("sha256") != hashlib.sha256(arr.tobytes()).hexdigest():
+                return None  # an altered or foreign image (or an entry from before hashes) is recomputed
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None  # a damaged entry is recomputed
         return torch.from_numpy(arr.copy()).permute(2, 0, 1), t
 
     def put(self, key: str, img: torch.Tensor, t_embed: float) -> None:
         """img: 3 h w uint8."""
+        arr = img.permute(1, 2, 0).contiguous().numpy()
         buf = io.BytesIO()
-        Image.fromarray(img.permute(1, 2, 0).contiguous().numpy()).save(buf, format="PNG", compress_level=1)
+        Image.fromarray(arr).save(buf, format="PNG", compress_level=1)
+        info = {"t_embed": t_embed, "sha256": hashlib.sha256(arr.tobytes()).hexdigest()}
         atomic_write_bytes(self.dir / f"{key}.png", buf.getvalue())
-        atomic_write_bytes(self.dir / f"{key}.json", json.dumps({"t_embed": t_embed}).encode())
+        atomic_write_bytes(self.dir / f"{key}.json", json.dumps(info).encode())

@@ -95,7 +95,10 @@ def _load(suite_path: Path, limit: int | None = None):
 
     suite = load_suite(suite_path)
     if limit is not None:
-        suite.images.count = limit
+        if limit < 1:
+            raise WmbenchError(f"--limit must be >= 1, got {limit}")
+        # a quick profile takes the first N images; it never asks for more than the suite has
+        suite.images.limit = limit
     return suite
 
 
@@ -103,7 +106,7 @@ def _print_plan(suite, console: Console) -> None:
     from wmbench.suite import expand
 
     plan = expand(suite)
-    n = suite.images.count or 0
+    n = min((c for c in (suite.images.count, suite.images.limit) if c), default=0)
     t = Table(
         "attack", "family", "unit", "strengths", "differentiable", title=f"suite {suite.name!r}: attacks"
     )

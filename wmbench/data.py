@@ -292,7 +292,7 @@ def _candidates(root: Path) -> list[Path]:
             if f.startswith(".") or Path(f).suffix.lower() not in EXTENSIONS:
                 continue
             p = Path(dirpath) / f
-            if p.is_file():
+            if p.is_file() or p.is_symlink():  # a dangling link is skipped with a warning, not silently
                 out.append((p.relative_to(root).as_posix(), p))
     return [p for _, p in sorted(out)]
 
@@ -440,8 +440,18 @@ def open_image_source(
     count: int | None = None,
     path: str | Path | None = None,
     split: str = "eval",
+    limit: int | None = None,
 ) -> ImageSource:
-    """Like ``load_image_set`` (same ids, order, checks, info and digest) without keeping every image in memory."""
+    """Like ``load_image_set`` (same ids, order, checks, info and digest) without keeping every image in memory.
+
+    ``limit``: take at most this many of the images ``count`` asks for, fewer if the source holds fewer."""
+    if limit is not None:
+        if source == "builtin":
+            _check_split(split)
+            avail = len(_split_tiles(split, int(size))[0])
+            count = min(limit, count or avail, max(avail, 1))
+        elif count is None or limit < count:
+            return _limited_folder(Path(path).expanduser() if path else None, size, count, limit)
     if source != "folder":
         s = load_image_set(source, size=size, count=count, path=path, split=split)
         imgs = s.images
@@ -452,6 +462,18 @@ def open_image_source(
     if path is None:
         raise WmbenchError("images.path: source 'folder' needs a path to a folder of images")
     return _folder_source(Path(path).expanduser(), size, count)
+
+
+def _limited_folder(root: Path | None, size: int, count: int | None, limit: int) -> ImageSource:
+    """The first ``limit`` readable images of a folder, or all of them when it holds fewer."""
+    if root is None:
+        raise WmbenchError("images.path: source 'folder' needs a path to a folder of images")
+    try:
+        return _folder_source(root, size, limit)
+    except WmbenchError as e:
+        if "images.count" not in str(e):
+            raise
+        return _folder_source(root, size, None)
 
 
 def _folder_source(root: Path, size: int, count: int | None) -> ImageSource:

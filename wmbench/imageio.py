@@ -120,6 +120,7 @@ def load_image(path: Path) -> torch.Tensor:
     path = Path(path)
     try:
         with Image.open(path) as im:
+            _check_aspect(path, *im.size)  # from the header, before any pixel is decoded
             fmt, bits = im.format, _tiff_bits(im)
             deep = _is_16bit_colour(im)  # before anything loads the pixels (that clears im.tile)
             if ImageFile.LOAD_TRUNCATED_IMAGES and fmt == "JPEG":
@@ -138,6 +139,19 @@ def load_image(path: Path) -> torch.Tensor:
     if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise WmbenchError(f"{path}: empty image")
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+
+
+#: longest ÷ shortest side a cover may have: scaling the shorter side of a 65535×1 strip to 256 px would need
+#: a 16-million-pixel-wide float image before the centre crop
+MAX_ASPECT = 16.0
+
+
+def _check_aspect(path: Path, w: int, h: int) -> None:
+    if min(w, h) < 1 or max(w, h) / min(w, h) > MAX_ASPECT:
+        raise WmbenchError(
+            f"{path}: {w}x{h} px, an aspect ratio beyond {MAX_ASPECT:g}:1; covers are centre-cropped squares, so "
+            "crop such an image first"
+        )
 
 
 def _check_jpeg_complete(path: Path) -> None:

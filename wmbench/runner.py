@@ -141,8 +141,13 @@ class FolderLock:
         self.fd: int | None = None
 
     def __enter__(self) -> FolderLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise WmbenchError(
+                f"--out {self.path.parent}: cannot write there ({e.strerror}); choose a writable folder"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -186,8 +191,6 @@ class Runner:
 
     # ------------------------------------------------------------------ folder
     def _prepare_folder(self) -> dict:
-        if self.out.exists() and not self.out.is_dir():
-            raise WmbenchError(f"--out {self.out}: exists and is not a folder; choose a folder path")
         old = self.store.read_manifest()
         if self.opts.fresh:
             self.store.clear()
@@ -206,7 +209,7 @@ class Runner:
         return old or {}
 
     def _shard_size(self, old: dict) -> int:
-        want = self.opts.shard_size or self.suite.shard_size or DEFAULT_SHARD
+        want = next((v for v in (self.opts.shard_size, self.suite.shard_size) if v is not None), DEFAULT_SHARD)
         if want < 1:
             raise WmbenchError(f"--shard-size must be >= 1, got {want}")
         have = old.get("shard_size")
@@ -221,10 +224,13 @@ class Runner:
 
     # ------------------------------------------------------------------ planning
     def _part_meta(self, cell: CellSpec, shard: Shard) -> dict:
-        return {"suite_hash": self.hash, "cell": cell.cell, "shard": shard.index, "ids": _ids_sha(shard.ids)}
+        """What a part's footer must say (``rows`` is read from the file itself) to count as done."""
+        ids = _ids_sha(shard.ids)
+        return {"suite_hash": self.hash, "cell": cell.cell, "shard": shard.index, "ids": ids, "rows": shard.n}
 
     def _quality_meta(self, method: str, shard: Shard) -> dict:
-        return {"suite_hash": self.hash, "method": method, "shard": shard.index, "ids": _ids_sha(shard.ids)}
+        ids = _ids_sha(shard.ids)
+        return {"suite_hash": self.hash, "method": method, "shard": shard.index, "ids": ids, "rows": shard.n}
 
     def _plan_units(self, shards: list[Shard]) -> tuple[list[Unit], list[str], int]:
         """Units still to run, every part key in merge order, and how many parts are already done."""
@@ -255,6 +261,8 @@ class Runner:
 
     # ------------------------------------------------------------------ run
     def run(self) -> RunResult:
+        if self.out.exists() and not self.out.is_dir():
+            raise WmbenchError(f"--out {self.out}: exists and is not a folder; choose a folder path")
         with FolderLock(self.out):
             return self._run()
 
@@ -266,7 +274,9 @@ class Runner:
 
         t0 = time.perf_counter()
         im = self.suite.images
-        source = open_image_source(im.source, size=im.size, count=im.count, path=im.path, split=im.split)
+        source = open_image_source(
+            im.source, size=im.size, count=im.count, path=im.path, split=im.split, limit=im.limit
+        )
         self.timings["load_images"] = time.perf_counter() - t0
         shards = shards_of(source.ids, shard_size)
         units, order, n_done = self._plan_units(shards)
@@ -286,9 +296,10 @@ class Runner:
         self.store.log_event({"event": "start", **attempt, "parts_total": len(order)})
         if n_done:
             self.console.print(f"resuming: {n_done} of {len(order)} parts already done", highlight=False)
-        status = "finished"
+        status = "failed"  # until the units ran (an exception below leaves it so, with what finished merged)
         try:
             self._execute(units, source, shards)
+            status = "finished"
         except KeyboardInterrupt:
             status = "interrupted"
             self.console.print(f"[yellow]interrupted: finished parts are kept in {self.out}; rerun to resume")

@@ -53,8 +53,9 @@ def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
 
 
 def safe_name(s: str) -> str:
-    """A label as a file name (characters outside [A-Za-z0-9._-] become '_')."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)[:80]
+    """A label as a file name (characters outside [A-Za-z0-9._-] become '_'; never hidden, never '.' or '..')."""
+    out = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in s)[:80]
+    return "_" + out[1:] if not out or out.startswith(".") else out
 
 
 def cell_key(method: str, attack: str, strength: float) -> str:
@@ -158,7 +159,7 @@ class RunStore:
     def read_quality(self, key: str, meta: dict) -> pd.DataFrame | None:
         """Stored quality metrics of one (method, shard), if present and made for the same images and suite."""
         p = self.quality / f"{key}.parquet"
-        if _read_meta(p) != meta:
+        if _read_meta(p) != meta:  # meta carries "rows": the shard's image count
             return None
         try:
             return pd.read_parquet(p)
@@ -220,11 +221,13 @@ def _write_with_meta(path: Path, df: pd.DataFrame, meta: dict) -> None:
 
 
 def _read_meta(path: Path) -> dict | None:
+    """The part's footer metadata plus ``rows``, the row count its footer records (a short part shows here)."""
     import pyarrow.parquet as pq
 
     try:
-        raw = (pq.read_schema(path).metadata or {}).get(PART_META)
-        return json.loads(raw) if raw else None
+        md = pq.read_metadata(path)
+        raw = (md.schema.to_arrow_schema().metadata or {}).get(PART_META)
+        return {**json.loads(raw), "rows": md.num_rows} if raw else None
     except Exception:
         return None
 

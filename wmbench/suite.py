@@ -9,11 +9,20 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from wmbench.api import Attack, Method, WmbenchError
 from wmbench.registry import attacks as attack_registry
@@ -29,16 +38,56 @@ class ImagesSpec(_Strict):
     """Where the covers come from and their working size (square, ``size`` × ``size``)."""
 
     source: Literal["builtin", "folder"] = "builtin"
-    count: int | None = Field(default=16, ge=1)
-    size: int = Field(default=128, ge=16, le=4096)
+    count: int | None = Field(default=16, ge=1, le=10_000_000, strict=True)
+    size: int = Field(default=128, ge=16, le=4096, strict=True)
     path: str | None = None
     split: Literal["eval", "train"] = "eval"
+    #: at most this many of the images (fewer if the source has fewer): what ``--limit`` sets for a quick profile
+    limit: int | None = Field(default=None, ge=1, strict=True)
 
     @model_validator(mode="after")
     def _folder_needs_path(self) -> ImagesSpec:
         if self.source == "folder" and not self.path:
             raise ValueError("source 'folder' needs a 'path'")
+        if self.source == "builtin" and self.path is not None:
+            raise ValueError(
+                "'path' is only read for source 'folder' (the builtin source has no path); remove it"
+            )
         return self
+
+
+MAX_LABEL = 100  # names and labels end up in file names
+
+
+def _number(v: Any) -> Any:
+    """A YAML number (int or float), not a bool or a string that looks like one."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ValueError(f"must be a number, got {v!r}")
+    return v
+
+
+Num = Annotated[float, BeforeValidator(_number)]
+
+
+def _check_label(v: str | None) -> str | None:
+    if v is None:
+        return v
+    if not v.strip() or len(v) > MAX_LABEL or any(ord(c) < 32 for c in v):
+        raise ValueError(f"must be 1 to {MAX_LABEL} printable characters")
+    return v
+
+
+def _check_strengths(v: list[float] | None) -> list[float] | None:
+    if v is None:
+        return v
+    if not v:
+        raise ValueError(
+            "is empty; give at least one strength, or leave the key out for the attack's defaults"
+        )
+    for x in v:
+        if not math.isfinite(x):
+            raise ValueError(f"strength {x} is not a finite number")
+    return v
 
 
 class MethodSpec(_Strict):
@@ -47,6 +96,8 @@ class MethodSpec(_Strict):
     name: str
     label: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+
+    _label = field_validator("label")(classmethod(lambda cls, v: _check_label(v)))
 
     @property
     def key(self) -> str:
@@ -57,8 +108,13 @@ class StepSpec(_Strict):
     """One step of a ``sequence:`` attack; the step without ``strength`` is swept by ``strengths``."""
 
     name: str
-    strength: float | None = None
+    strength: Num | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("strength")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        return v if v is None else _check_strengths([v])[0]  # type: ignore[index]
 
 
 class AttackSpec(_Strict):
@@ -67,9 +123,12 @@ class AttackSpec(_Strict):
     name: str | None = None
     label: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
-    strengths: list[float] | None = None
-    relative: list[float] | None = None
+    strengths: list[Num] | None = None
+    relative: list[Num] | None = None
     sequence: list[StepSpec] | None = None
+
+    _label = field_validator("label")(classmethod(lambda cls, v: _check_label(v)))
+    _strengths = field_validator("strengths", "relative")(classmethod(lambda cls, v: _check_strengths(v)))
 
     @model_validator(mode="after")
     def _check(self) -> AttackSpec:
@@ -93,22 +152,31 @@ class Suite(_Strict):
 
     name: str
     description: str = ""
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**63, strict=True)
     images: ImagesSpec = Field(default_factory=ImagesSpec)
     methods: list[MethodSpec]
     attacks: list[AttackSpec] = Field(default_factory=list)
     metrics: list[str] = Field(default_factory=lambda: ["bit_acc", "psnr", "ssim", "ms_ssim", "lpips"])
-    target_fpr: float = Field(default=1e-3, gt=0.0, lt=1.0)
-    batch_size: int = Field(default=16, ge=1)
+    target_fpr: Num = Field(default=1e-3, gt=0.0, lt=1.0)
+    batch_size: int = Field(default=16, ge=1, le=100_000, strict=True)
     #: images per unit of work (default 256): a run holds O(shard) images in memory
-    shard_size: int | None = Field(default=None, ge=1)
+    shard_size: int | None = Field(default=None, ge=1, le=10_000_000, strict=True)
     device: str = "auto"
 
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        if not v or any(c in v for c in "/\\\0") or v.startswith("."):
-            raise ValueError("must be a plain name (used as the results folder name)")
+        if not v or any(c in v for c in "/\\\0") or v.startswith(".") or len(v) > MAX_LABEL:
+            raise ValueError(
+                f"must be a plain name of at most {MAX_LABEL} characters (the results folder's name)"
+            )
+        return v
+
+    @field_validator("metrics")
+    @classmethod
+    def _no_repeated_metrics(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"{sorted({m for m in v if v.count(m) > 1})} listed twice")
         return v
 
     @field_validator("methods")
@@ -140,8 +208,12 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     parents = data.pop("extends", None)
     if parents is None:
         return data
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str) and p for p in parents):
+        raise WmbenchError(f"{path}: extends: must be a file name or a list of file names, got {parents!r}")
     merged: dict = {}
-    for p in [parents] if isinstance(parents, str) else list(parents):
+    for p in parents:
         merged = _deep_merge(merged, _read_yaml(path.parent / p, (*chain, path)))
     return _deep_merge(merged, data)
 
@@ -157,7 +229,12 @@ def load_suite(path: str | Path) -> Suite:
     if suite.images.source == "folder" and suite.images.path:
         p = Path(suite.images.path).expanduser()
         suite.images.path = str(p if p.is_absolute() else (path.resolve().parent / p).resolve())
-    expand(suite, where=str(path))  # checks names, params and strengths now rather than mid-run
+        if not Path(suite.images.path).is_dir():
+            raise WmbenchError(
+                f"{path}: images.path: {suite.images.path} is not a folder (paths are relative to the suite file); "
+                "point it at a folder of images"
+            )
+    expand(suite, where=str(path), probe=True)  # checks names, params and strengths now rather than mid-run
     return suite
 
 
@@ -223,8 +300,11 @@ def _build_attack(spec: AttackSpec, where: str) -> Attack:
         raise WmbenchError(f"{where}.params: {e}") from None
 
 
-def expand(suite: Suite, where: str = "suite") -> Plan:
-    """Resolve every entry to instances and absolute strengths; the identity attack always comes first."""
+def expand(suite: Suite, where: str = "suite", probe: bool = False) -> Plan:
+    """Resolve every entry to instances and absolute strengths; the identity attack always comes first.
+
+    ``probe``: also run each plain distortion once per strength on a small grey image, so a strength the attack
+    refuses is reported now, with the attack's own message, instead of mid-run (``validate`` and ``run`` do)."""
     from wmbench.metrics import metric_names
 
     known = metric_names()
@@ -247,12 +327,11 @@ def expand(suite: Suite, where: str = "suite") -> Plan:
         mplans.append(MethodPlan(m.key, m.name, dict(m.params)))
     _no_dupes([m.label for m in mplans], where, "methods", "method")
 
-    specs = list(suite.attacks)
-    if not any(s.name == "identity" for s in specs):
-        specs.insert(0, AttackSpec(name="identity", strengths=[0.0]))
+    specs: list[tuple[str, AttackSpec]] = [(f"{where}: attacks[{i}]", s) for i, s in enumerate(suite.attacks)]
+    if not any(s.name == "identity" for s in suite.attacks):
+        specs.insert(0, (f"{where}: (implicit identity)", AttackSpec(name="identity", strengths=[0.0])))
     aplans: list[AttackPlan] = []
-    for i, s in enumerate(specs):
-        w = f"{where}: attacks[{i}]" if s in suite.attacks else f"{where}: (implicit identity)"
+    for w, s in specs:
         atk = _build_attack(s, w)
         if s.relative is not None:
             strengths = [atk.from_relative(r) for r in s.relative]
@@ -264,9 +343,27 @@ def expand(suite: Suite, where: str = "suite") -> Plan:
             raise WmbenchError(f"{w}: no strengths given and attack {atk.name!r} has no defaults")
         if len(set(strengths)) != len(strengths):
             raise WmbenchError(f"{w}: repeated strengths {strengths}")
+        if probe:
+            _probe_strengths(atk, strengths, f"{w}.{'relative' if s.relative is not None else 'strengths'}")
         aplans.append(AttackPlan(s.label or atk.label(), atk, strengths, rel))
     _no_dupes([a.label for a in aplans], where, "attacks", "attack")
     return Plan(suite, mplans, aplans)
+
+
+def _probe_strengths(atk: Attack, strengths: list[float], where: str) -> None:
+    """Run a plain distortion at each strength on a 64² grey image; its refusal becomes a load-time error."""
+    if atk.family != "distortion" or atk.needs_method:
+        return  # models and white-box attacks are checked where they load; a probe would cost too much
+    import torch
+
+    x = torch.full((1, 3, 64, 64), 0.5)
+    for j, v in enumerate(strengths):
+        try:
+            atk.apply(x, v, gen=torch.Generator().manual_seed(0), cover=x)
+        except WmbenchError as e:
+            raise WmbenchError(f"{where}[{j}]: {e}") from None
+        except Exception:
+            return  # a failure that is no refusal of the strength: the run records it against its cell
 
 
 def _no_dupes(labels: list[str], where: str, key: str, what: str) -> None:
