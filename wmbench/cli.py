@@ -64,7 +64,14 @@ def list_cmd(kind: Annotated[Kind, typer.Argument(help="what to list")]) -> None
                 "description",
             )
             reg = attacks()
-            fields = ("family", "unit", "default_strengths", "strength_range", "differentiable", "description")
+            fields = (
+                "family",
+                "unit",
+                "default_strengths",
+                "strength_range",
+                "differentiable",
+                "description",
+            )
             for name in reg.names():
                 cls = plugin_meta(reg, name, fields)
                 lo, hi = cls["strength_range"]

@@ -209,7 +209,9 @@ class Runner:
         return old or {}
 
     def _shard_size(self, old: dict) -> int:
-        want = next((v for v in (self.opts.shard_size, self.suite.shard_size) if v is not None), DEFAULT_SHARD)
+        want = next(
+            (v for v in (self.opts.shard_size, self.suite.shard_size) if v is not None), DEFAULT_SHARD
+        )
         if want < 1:
             raise WmbenchError(f"--shard-size must be >= 1, got {want}")
         have = old.get("shard_size")
