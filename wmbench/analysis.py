@@ -198,7 +198,11 @@ def shared_cells(wm: pd.DataFrame, methods: list[str]) -> tuple[list[tuple[str, 
     have = {
         m: set(map(tuple, g[CELL].drop_duplicates().itertuples(index=False))) for m, g in wm.groupby("method")
     }
-    cells = list(dict.fromkeys(map(tuple, wm[CELL].itertuples(index=False))))
+    seen = list(dict.fromkeys(map(tuple, wm[CELL].itertuples(index=False))))
+    first = {a: i for i, (a, _) in reversed(list(enumerate(seen)))}
+    cells = sorted(
+        seen, key=lambda c: (first[c[0]], float(c[1]))
+    )  # attacks in run order, strengths ascending
     shared, left = [], []
     for c in cells:
         missing = [m for m in methods if c not in have.get(m, set())]
