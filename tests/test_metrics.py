@@ -161,6 +161,26 @@ def test_ssim_paths_agree(case: str) -> None:
         assert (grad.detach().double() - want.detach()).abs().max() < 1e-5, fn.__name__
 
 
+def test_psnr_equals_torchmetrics_bit_for_bit() -> None:
+    """Own arithmetic, torchmetrics' values: importing torchmetrics (torchvision, scipy) cost ~250 MB and seconds."""
+    import subprocess
+    import sys
+
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 48, 40, generator=g)
+    for y in (x, (x + 0.03 * torch.randn(x.shape, generator=g)).clamp(0, 1), torch.zeros_like(x)):
+        want = peak_signal_noise_ratio(
+            y.double(), x.double(), data_range=1.0, reduction="none", dim=(1, 2, 3)
+        )
+        assert torch.equal(psnr(x, y), want.float())
+    code = "import sys, wmbench.metrics; print('torchmetrics' in sys.modules)"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    )
+
+
 def test_lpips_chunks_give_the_same_values(monkeypatch: pytest.MonkeyPatch) -> None:
     import wmbench.metrics as M
 
