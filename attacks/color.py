@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import torch
-from kornia.enhance import adjust_hue
 from torch import Tensor
 
 from wmbench.api import Attack, Method, WmbenchError
@@ -127,4 +126,6 @@ class Hue(Attack):
         t = t - math.floor(t + 0.5) if abs(t) > 0.5 else t  # wrap into [-0.5, 0.5]
         if t == 0:
             return x
+        from kornia.enhance import adjust_hue  # imported here: kornia costs ~1 s to import
+
         return adjust_hue(x, 2 * math.pi * t).clamp(0, 1)  # b 3 h w

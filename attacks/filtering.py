@@ -7,8 +7,6 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from kornia.enhance import sharpness
-from kornia.filters import gaussian_blur2d
 from torch import Tensor
 
 from wmbench.api import Attack, Method, WmbenchError
@@ -91,6 +89,8 @@ class GaussianBlur(Attack):
         if _plain_cpu(x):
             return _blur_cv2(x, s, half)
         if max(h, w) > max(512, 16 * k):
+            from kornia.filters import gaussian_blur2d  # imported here: kornia costs ~1 s to import
+
             return gaussian_blur2d(x, (k, k), (s, s), border_type="reflect").clamp(0, 1)
         mh, mw = _blur_matrix(h, s, half, x), _blur_matrix(w, s, half, x)
         return (mh @ x @ mw.T).clamp(0, 1)  # b 3 h w
@@ -191,4 +191,6 @@ class Sharpness(Attack):
     ) -> Tensor:
         if strength < 0:
             raise WmbenchError(f"attack 'sharpness': factor {strength} must be >= 0")
+        from kornia.enhance import sharpness  # imported here: kornia costs ~1 s to import
+
         return sharpness(x, float(strength)).clamp(0, 1)  # b 3 h w

@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from kornia.geometry.transform import get_perspective_transform, rotate, warp_perspective
 from torch import Tensor
 
 from wmbench import rng
@@ -120,6 +119,8 @@ def _rotate_folded(x: Tensor, degrees: float, padding: str) -> Tensor:
     """kornia's rotation of every image by one angle, with the batch folded into the channels so one sampling
     grid (and one set of bilinear weights per pixel) serves all of them: the same values as rotating each image.
     # b c h w -> b c h w"""
+    from kornia.geometry.transform import rotate  # imported here: kornia costs ~1 s to import
+
     b, c, h, w = x.shape
     angle = torch.tensor([degrees], device=x.device, dtype=x.dtype)
     y = rotate(x.reshape(1, b * c, h, w), angle, padding_mode=padding)
@@ -192,6 +193,8 @@ class Perspective(Attack):
             raise WmbenchError(f"attack 'perspective': distortion scale {d} is outside [0, 1)")
         if d == 0:
             return x
+        from kornia.geometry.transform import get_perspective_transform, warp_perspective
+
         b, _, h, w = x.shape
         src = torch.tensor([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], dtype=torch.float32)
         inward = torch.tensor([[1, 1], [-1, 1], [-1, -1], [1, -1]], dtype=torch.float32)
