@@ -48,6 +48,16 @@ DEFAULT_STAGE2_NOISE: tuple[dict[str, Any], ...] = (
 )
 
 
+#: what the stage-1 decoder condition measures on each batch: ``clean`` bit accuracy of the watermarked images, or
+#: ``adversarial`` bit accuracy after the loop's own PGD removal (what the encoder has not yet made robust)
+DEC_CONDITIONS = ("clean", "adversarial")
+
+
+def decoder_update_due(condition: str, threshold: float, clean_acc: float, adv_acc: float) -> bool:
+    """Stage 1's decoder condition: update the decoder only while the measured accuracy is under ``threshold``."""
+    return (clean_acc if condition == "clean" else adv_acc) < threshold
+
+
 def floor_residual(cover: Tensor, img: Tensor, floor: float) -> Tensor:
     """Scale each image's residual down (on the 8-bit grid) until PSNR(cover, img) >= floor.  b 3 h w -> b 3 h w"""
     return scale_to_psnr(cover, img, floor, max_scale=1.0, iters=20)
@@ -58,7 +68,8 @@ class AdvMark(Hidden):
 
     Params: those of ``hidden`` (architecture taken from the checkpoint; ``checkpoint``; ``weights`` default
     "advmark"; ``init``; ``seed``) plus stage 1 training knobs ``adv_eps`` (1/255, default 4), ``adv_steps`` (5),
-    ``adv_step_size`` (fraction of ε per step, 0.5), ``dec_update_below`` (clean bit accuracy, 0.99),
+    ``adv_step_size`` (fraction of ε per step, 0.5), ``dec_update_below`` (threshold, 0.99) on ``dec_condition``
+    (``clean``: the batch's clean bit accuracy, the default; ``adversarial``: its bit accuracy after the loop's PGD),
     and stage 2 knobs ``stage2`` (default true), ``steps`` (50), ``lr`` (Adam on pixels, 2e-3), ``mu`` (0.5),
     ``noise`` (list of {name, strength[, params]}), ``psnr_floor`` (dB, 35).
     """
@@ -78,6 +89,7 @@ class AdvMark(Hidden):
         adv_steps: int = 5,
         adv_step_size: float = 0.5,
         dec_update_below: float = 0.99,
+        dec_condition: str = "clean",
         stage2: bool = True,
         steps: int = 50,
         lr: float = 2e-3,
@@ -94,6 +106,11 @@ class AdvMark(Hidden):
         self.adv_steps = int(self._num("adv_steps", adv_steps, 1.0, integer=True))
         self.adv_step_size = self._num("adv_step_size", adv_step_size, 0.0, strict=True)
         self.dec_update_below = self._num("dec_update_below", dec_update_below, 0.0)
+        if dec_condition not in DEC_CONDITIONS:
+            raise WmbenchError(
+                f"method 'advmark': dec_condition {dec_condition!r} must be one of {DEC_CONDITIONS}"
+            )
+        self.dec_condition = str(dec_condition)
         self.stage2 = bool(stage2)
         self.opt_steps = int(self._num("steps", steps, 0.0, integer=True))
         self.opt_lr = self._num("lr", lr, 0.0, strict=True)
@@ -272,7 +289,8 @@ class AdvMark(Hidden):
         l_img = F.mse_loss(y, x)
         loss = w["message"] * l_msg + w["adversarial_message"] * l_adv + w["image"] * l_img
         clean_acc = float(((logit_c > 0).float() == msg).float().mean())
-        update_dec = clean_acc < self.dec_update_below
+        adv_acc = float(((logit_a > 0).float() == msg).float().mean())
+        update_dec = decoder_update_due(self.dec_condition, self.dec_update_below, clean_acc, adv_acc)
         t["opt"].zero_grad(set_to_none=True)
         t["opt_d"].zero_grad(set_to_none=True)
         loss.backward()
@@ -287,7 +305,7 @@ class AdvMark(Hidden):
             "adversarial_message_loss": float(l_adv.detach()),
             "image_loss": float(l_img.detach()),
             "bit_acc": clean_acc,
-            "adv_bit_acc": float(((logit_a > 0).float() == msg).float().mean()),
+            "adv_bit_acc": adv_acc,
             "decoder_updated": float(update_dec),
             "psnr": float(-10 * torch.log10(mse)),
         }

@@ -105,3 +105,16 @@ def test_bad_params() -> None:
     m.setup(torch.device("cpu"))
     with pytest.raises(WmbenchError, match=r"noise\[0\]\.name: unknown attack 'jpgg'"):
         m.embed(_x(1), _msg(1))
+
+
+def test_decoder_condition_fires_only_when_its_accuracy_is_low():
+    from wmbench.methods.advmark import decoder_update_due
+
+    # clean: the batch's clean accuracy decides; a robust-looking batch with low clean accuracy fires
+    assert decoder_update_due("clean", 0.99, clean_acc=0.95, adv_acc=1.0)
+    assert not decoder_update_due("clean", 0.99, clean_acc=1.0, adv_acc=0.5)
+    # adversarial: the accuracy left after the loop's PGD decides, whatever the clean accuracy
+    assert decoder_update_due("adversarial", 0.9, clean_acc=1.0, adv_acc=0.6)
+    assert not decoder_update_due("adversarial", 0.9, clean_acc=0.8, adv_acc=0.95)
+    with pytest.raises(WmbenchError, match="dec_condition"):
+        AdvMark(dec_condition="sometimes")
