@@ -24,6 +24,29 @@ out = Console()
 err = Console(stderr=True)
 
 
+def _quiet_warnings() -> None:
+    """One line per warning, without the source line Python prints under it; third-party deprecation notices
+    (torch.jit.script, imported by compressai) are not the user's to act on."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit\.script.*deprecated")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+    def one_line(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
+        return (
+            f"warning: {message}\n"
+            if issubclass(category, UserWarning)
+            else f"{category.__name__}: {message}\n"
+        )
+
+    warnings.formatwarning = one_line
+
+
+@app.callback()
+def _main() -> None:
+    _quiet_warnings()
+
+
 def _fail(e: Exception, code: int = 2) -> typer.Exit:
     err.print(f"[bold red]error:[/] {e}", highlight=False)
     return typer.Exit(code)
