@@ -137,6 +137,8 @@ class _Pgd(Attack):
 
     family = "adversarial"
     needs_method = True
+    #: one unit whatever the params (the norm is in the cell's label, e.g. ``pgd_remove(norm=l2)``)
+    unit = "epsilon (1/255; L-inf, or RMS per pixel with norm l2)"
     default_strengths = (2.0, 4.0, 8.0)
     strength_range = (0.0, 8.0)  # WAVES adversarial: ε 2..8 /255
     _targets: tuple[str, ...] = ()
@@ -180,10 +182,6 @@ class _Pgd(Attack):
             "target": self.target,
             "random_start": self.random_start,
         }
-        norm_txt = "L-inf" if self.norm == "linf" else "L2, RMS per pixel"
-        self.unit = f"epsilon (1/255, {norm_txt})"
-        eot_txt = f", EOT over {self.eot} random {'/'.join(eot_attacks)} per step" if self.eot else ""
-        self.description = f"{type(self).description} [{self.norm}, {self.steps} steps, autograd{eot_txt}]"
 
     def label(self) -> str:
         return params_label(self.name, self.params, self._defaults)
@@ -341,7 +339,7 @@ class VaeEmbedding(Attack):
 
     name = "vae_embedding"
     description = "WAVES adversarial embedding attack on a VAE encoder's latent (no-box)"
-    unit = "epsilon (1/255, L-inf)"
+    unit = "epsilon (1/255; L-inf, or RMS per pixel with norm l2)"
     family = "adversarial"
     default_strengths = (2.0, 4.0, 6.0, 8.0)
     strength_range = (0.0, 8.0)
@@ -370,8 +368,6 @@ class VaeEmbedding(Attack):
             "steps": _num(self.name, "steps", steps, 0, integer=True),
             "step_size": _num(self.name, "step_size", step_size, 0, strict=True),
         }
-        if self.params["norm"] == "l2":
-            self.unit = "epsilon (1/255, L2, RMS per pixel)"
         self._encoder: Any = None
 
     def use_modules(self, encoder: Any) -> Self:

@@ -115,7 +115,7 @@ class SurrogateTransfer(TrainingHooks, Attack):
         "transfer PGD: pushes a trained watermarked-vs-clean surrogate classifier towards 'clean' (WAVES "
         "surrogate attack; the target's decoder is never queried)"
     )
-    unit = "epsilon (1/255, L-inf), transfer from a surrogate classifier"
+    unit = "epsilon (1/255; L-inf, or RMS per pixel with norm l2)"
     family = "adversarial"
     differentiable = False
     needs_method = True
@@ -228,8 +228,6 @@ class SurrogateTransfer(TrainingHooks, Attack):
             **arch_given,
             **({"init": init, "seed": self.seed, "pool_size": self.pool_size} if init else {}),
         }
-        if self.norm == "l2":
-            self.unit = "epsilon (1/255, L2, RMS per pixel), transfer from a surrogate classifier"
         self.device = torch.device("cpu")
         self.net: Surrogate | None = None  # the explicit / trained surrogate
         self._by_target: dict[str, tuple[Surrogate, Path]] = {}  # shipped surrogates by method name

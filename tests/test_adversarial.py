@@ -110,8 +110,12 @@ def test_non_differentiable_method_is_skipped_with_its_name():
 
 def test_params_are_validated_and_shown():
     get = attacks().get
-    assert get("pgd_remove")(norm="l2").unit == "epsilon (1/255, L2, RMS per pixel)"
-    assert get("pgd_remove")().unit == "epsilon (1/255, L-inf)"
+    # one unit per class whatever the params: list, validate and the report read the same metadata
+    for name in ("pgd_remove", "pgd_forge", "vae_embedding", "surrogate_transfer"):
+        cls = get(name)
+        assert cls().unit == cls(norm="l2").unit == cls.unit and cls.unit.startswith("epsilon (1/255")
+        assert cls(norm="l2").description == cls.description
+    assert get("pgd_remove")(norm="l2").label() == "pgd_remove[norm=l2]"
     for bad, match in [
         ({"norm": "l1"}, "norm"),
         ({"steps": -1}, "steps"),
