@@ -115,7 +115,7 @@ class SurrogateTransfer(TrainingHooks, Attack):
         "transfer PGD: pushes a trained watermarked-vs-clean surrogate classifier towards 'clean' (WAVES "
         "surrogate attack; the target's decoder is never queried)"
     )
-    unit = "epsilon (1/255; L-inf, or RMS per pixel with norm l2)"
+    unit = "epsilon (1/255; L-inf, or RMS per pixel with norm l2), transfer from a surrogate classifier"
     family = "adversarial"
     differentiable = False
     needs_method = True
