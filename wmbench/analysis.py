@@ -88,8 +88,18 @@ def _bit_acc(g: pd.DataFrame) -> stats.Estimate:
     return stats.bounded_mean(g["bit_acc"].to_numpy(), int(g["matches"].sum()), int(g["nbits"].sum()))
 
 
+#: natural ranges: an interval never reaches past what the metric can take
+BOUNDS = {
+    "lpips": (0.0, math.inf),
+    "ssim": (-1.0, 1.0),
+    "ms_ssim": (0.0, 1.0),
+    "psnr_attacked": (0.0, math.inf),
+}
+
+
 def _est(name: str, e: stats.Estimate) -> dict[str, float]:
-    return {name: e.value, f"{name}_lo": e.lo, f"{name}_hi": e.hi}
+    lo, hi = BOUNDS.get(name, (-math.inf, math.inf))
+    return {name: e.value, f"{name}_lo": max(e.lo, lo), f"{name}_hi": min(e.hi, hi)}
 
 
 def cell_table(wm: pd.DataFrame) -> pd.DataFrame:
@@ -187,6 +197,7 @@ class Ranking:
     table: pd.DataFrame  # rank, method, score(_lo/_hi), tpr(_lo/_hi), n_images, p_vs_next
     cells: list[tuple[str, float]]
     left_out: list[dict] = field(default_factory=list)  # {attack, strength, missing: [methods]}
+    unranked: list[str] = field(default_factory=list)  # methods that ran none of these cells
 
     @property
     def empty(self) -> bool:
@@ -230,19 +241,21 @@ def _method_scores(g: pd.DataFrame, n_cells: int) -> tuple[pd.Series, stats.Esti
 
 
 def rank(wm: pd.DataFrame, goal: str = REMOVAL, family: str | None = None) -> Ranking:
-    """Rank the methods on the ``goal`` cells (identity never counts) they all ran, optionally one family.
+    """Rank the methods that ran any ``goal`` cell on the ones they all ran (identity never counts), optionally
+    one family.
 
     Removal: higher mean bit accuracy first. Forgery: the score is the forgery's success (bit accuracy of the
     forged cover against the message), lower first. ``p_vs_next`` tests each method against the next one
     (paired t over per-image scores, Holm over the list)."""
     sub = wm[(wm["goal"] == goal) & (wm["attack"] != "identity")]
-    methods = list(dict.fromkeys(wm["method"]))
+    methods = list(dict.fromkeys(sub["method"]))  # a method that ran no such cell is not ranked, and says so
+    unranked = [m for m in dict.fromkeys(wm["method"]) if m not in methods]
     cells, left = shared_cells(sub, methods)
     if family is not None:
         cells = [c for c in cells if _family(sub, c) == family]
         left = [x for x in left if _family(sub, (x["attack"], x["strength"])) == family]
     if not cells:
-        return Ranking(goal, family, pd.DataFrame(), [], left)
+        return Ranking(goal, family, pd.DataFrame(), [], left, unranked)
     on = sub.set_index(CELL).index.isin(cells)
     sub = sub[on]
     rows, per = [], {}
@@ -255,7 +268,7 @@ def rank(wm: pd.DataFrame, goal: str = REMOVAL, family: str | None = None) -> Ra
     order = list(table["method"])
     p = [_compare_series(per[a], per[b])[0].p_value for a, b in zip(order, order[1:], strict=False)]
     table["p_vs_next"] = [*stats.holm(p), math.nan] if p else [math.nan]
-    return Ranking(goal, family, table, cells, left)
+    return Ranking(goal, family, table, cells, left, unranked)
 
 
 def _family(sub: pd.DataFrame, cell: tuple) -> str:

@@ -84,6 +84,7 @@ def _ranking_json(r: analysis.Ranking) -> dict:
         ],
         "ranking_cells": [{"attack": a, "strength": s} for a, s in r.cells],
         "left_out_cells": r.left_out,
+        "unranked": r.unranked,
     }
 
 

@@ -140,7 +140,9 @@ def ranking_table(r: analysis.Ranking, fpr: float) -> pd.DataFrame:
     next (Holm-adjusted paired t p-value)."""
     if r.empty:
         return pd.DataFrame()
-    score = "forgery success (lower is better)" if r.goal == analysis.FORGERY else "score: mean bit_acc"
+    forged = r.goal == analysis.FORGERY
+    score = "forgery success (lower is better)" if forged else "score: mean bit_acc"
+    det = f"forged covers detected @{fpr:g}" if forged else f"mean TPR@{fpr:g} analytic"
     rows = []
     for x in r.table.to_dict(orient="records"):
         p = x["p_vs_next"]
@@ -150,7 +152,7 @@ def ranking_table(r: analysis.Ranking, fpr: float) -> pd.DataFrame:
                 "rank": x["rank"],
                 "method": x["method"],
                 score: _ci(x, "score"),
-                f"mean TPR@{fpr:g} analytic": _ci(x, "tpr"),
+                det: _ci(x, "tpr"),
                 "images": x["n_images"],
                 "differs from next?": nxt,
             }
@@ -162,6 +164,8 @@ def cells_line(r: analysis.Ranking) -> str:
     """The cells a ranking used, and those it left out with the methods that lack them."""
     used = ", ".join(f"{a} {s:g}" for a, s in r.cells) or "none"
     line = f"Cells ({len(r.cells)}): {used}."
+    if r.unranked:
+        line += f" Not ranked (ran none of these cells): {', '.join(r.unranked)}."
     if r.left_out:
         left = "; ".join(
             f"{x['attack']} {x['strength']:g} (not run by {', '.join(x['missing'])})" for x in r.left_out
