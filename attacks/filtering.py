@@ -122,13 +122,12 @@ def _median_cv2(x: Tensor, k: int) -> Tensor | None:
     import cv2  # imported here: only this path needs OpenCV
 
     out = torch.empty(x.shape)
-    dst, buf = out.numpy(), torch.empty(x.shape[1:])
-    for i in range(x.shape[0]):
-        r = torch.mul(x[i], 255.0, out=buf).round_()
-        lo, hi = r.aminmax()
-        if not (lo >= 0 and hi <= 255 and torch.equal(r / 255.0, x[i])):
+    src, dst = x.detach().contiguous().numpy(), out.numpy()
+    for i in range(x.shape[0]):  # numpy, not small torch ops: no thread-pool barrier per op on a loaded CPU
+        r = np.rint(src[i] * np.float32(255.0))  # round half to even, as torch.round
+        if not (r.min() >= 0 and r.max() <= 255 and np.array_equal(r / np.float32(255.0), src[i])):
             return None
-        med = cv2.medianBlur(cv2.merge(list(r.numpy().astype(np.uint8))), k)  # h w 3
+        med = cv2.medianBlur(cv2.merge(list(r.astype(np.uint8))), k)  # h w 3
         for c, plane in enumerate(cv2.split(med)):
             np.divide(plane, np.float32(255.0), out=dst[i, c], dtype=np.float32)
     return out
