@@ -226,6 +226,9 @@ def test_builtin_regeneration_contract(name: str, strengths: tuple[int, ...], ev
     assert atk.label() == f"{name}[model=builtin]"
     ids = [f"img{i}" for i in range(x.shape[0])]
     psnrs = []
+    base = (
+        x if name == "sd_vae" else atk.apply(x, 0, gen=rng.ImageGens.for_cell(0, "m", name, 0, image_ids=ids))
+    )
     for s in strengths:
         gens = rng.ImageGens.for_cell(0, "m", name, s, image_ids=ids)
         y = atk.apply(x, s, gen=gens)
@@ -236,5 +239,7 @@ def test_builtin_regeneration_contract(name: str, strengths: tuple[int, ...], ev
         assert torch.equal(y, again)  # deterministic under the seed
         one = atk.apply(x[1:2], s, gen=rng.ImageGens.for_cell(0, "m", name, s, image_ids=ids[1:2]))
         assert torch.allclose(one, y[1:2], atol=1e-4)  # per-image draws: the batch does not matter
-        psnrs.append(_psnr(x, quantize_8bit(y)))
-    assert all(a > b for a, b in zip(psnrs, psnrs[1:], strict=False)), psnrs  # stronger = lower PSNR
+        psnrs.append(_psnr(base, quantize_8bit(y)))
+    # stronger = lower PSNR.  For diffusion_regen the reference is the t = 0 output (the VAE round trip): the
+    # shipped VAE's own error (~12-13 dB) dominates the PSNR against the input and hides the ordering on 4 images
+    assert all(a > b for a, b in zip(psnrs, psnrs[1:], strict=False)), psnrs
