@@ -509,6 +509,25 @@ def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
             fh.write(json.dumps(r) + "\n")
 
 
+def train_means(path: Path) -> dict[str, float]:
+    """Means of every training statistic over the whole run, from the log (rows weighted by the steps they cover):
+    e.g. the fraction of steps on which a conditional update fired."""
+    tot: dict[str, float] = {}
+    last, n = 0, 0
+    if not path.exists():
+        return {}
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        if r.get("kind") != "train":
+            continue
+        span, last = r["step"] - last, r["step"]
+        n += span
+        for k, v in r.items():
+            if k not in ("step", "kind", "elapsed_s") and isinstance(v, int | float):
+                tot[k] = tot.get(k, 0.0) + v * span
+    return {k: round(v / n, 6) for k, v in tot.items()} if n else {}
+
+
 def _truncate_log(path: Path, step: int) -> None:
     """Keep the rows up to ``step`` (a resumed run rewrites what followed the checkpoint)."""
     if not path.exists():
@@ -809,6 +828,7 @@ def _finish(
             **ev,
             "eval_time_s": round(time.perf_counter() - t0, 1),
         },
+        "train_means": train_means(out / LOG),
         "wmbench": getattr(wmbench, "__version__", "unknown"),
         "torch": torch.__version__,
         "python": platform.python_version(),
