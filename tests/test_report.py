@@ -57,7 +57,7 @@ def test_report_has_every_section_and_embeds_images(run_dir, tmp_path):
     ):
         assert section in md and section in page
     assert "TPR@0.001 analytic" in md and "empirical" in md
-    assert "Holm" in md and "Cells (3): jpeg 90, jpeg 30, gaussian_blur 1" in md
+    assert "Holm" in md and "Cells (3): jpeg 30, jpeg 90, gaussian_blur 1" in md
     assert re.search(r"\| 1 \| ss_strong \| \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", md)  # rank with its interval
     imgs = re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(imgs) >= 5  # 2 curves + scatter + one grid per method
