@@ -77,7 +77,7 @@ def test_run_smoke_quick_profile_end_to_end(tmp_path, monkeypatch):
     import pandas as pd
 
     df = pd.read_parquet(run / "results.parquet")
-    assert len(df) == 2 * 4 * (1 + 10)  # images × methods × (clean + identity + 9 attack cells)
+    assert len(df) == 2 * 4 * (1 + 12)  # images × methods × (clean + identity + 11 attack cells)
     assert set(df.method) == {"dwtdct", "dwtdctsvd", "rivagan", "end2"}
     assert df[df.attack == "regen_local"].attack_bpp.notna().all(), "the codec's rate is kept per row"
     assert (run / "report.html").is_file() and "run folder" in r.output
