@@ -458,7 +458,12 @@ def train(
     except KeyboardInterrupt:
         err.print(f"[yellow]interrupted: resume with `wmbench train {config} --out {target} --resume`")
         raise typer.Exit(130) from None
-    out.print(f"weights: {weights}  card: {weights.with_suffix('.json')}", soft_wrap=True)
+    from wmbench.train import FOLDER_CARD
+
+    card = (
+        weights / FOLDER_CARD if weights.is_dir() else weights.with_suffix(".json")
+    )  # diffusers: inside the folder
+    out.print(f"weights: {weights}  card: {card}", soft_wrap=True)
 
 
 if __name__ == "__main__":
