@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 import wmtest_plugins
 import yaml
+from test_attacks import _TinyMethod
 from torch import Tensor
 
-from wmbench.api import Method, SkipCell, quantize_8bit
+from wmbench.api import SkipCell, quantize_8bit
 from wmbench.registry import attacks
 from wmbench.rng import ImageGens
 from wmbench.runner import Runner, RunOptions
@@ -24,20 +25,6 @@ from wmbench.suite import load_suite
 NAMES = attacks().names()
 SEQ_STEPS = [{"name": "gaussian_blur", "strength": 1.0}, {"name": "jpeg"}]
 IDS = [f"img{i}" for i in range(5)]
-
-
-class _Tiny(Method):
-    """Differentiable stand-in for white-box attacks: logits = channel means (per image, batch-independent)."""
-
-    name = "tiny"
-    differentiable_extract = True
-    nbits = 3
-
-    def embed(self, x: Tensor, msg: Tensor) -> Tensor:
-        return x
-
-    def extract(self, y: Tensor) -> Tensor:
-        return y.mean(dim=(2, 3)) - 0.5  # b 3
 
 
 def _images(b: int, size: int = 48, seed: int = 1) -> Tensor:
@@ -53,7 +40,7 @@ def _apply(name: str, x: Tensor, cover: Tensor, s: float, ids: list[str]) -> Ten
     gens = ImageGens.for_cell(0, "m", name, s, image_ids=ids)
     try:
         with torch.enable_grad() if atk.needs_method else torch.no_grad():
-            y = atk.apply(x, s, gen=gens, method=_Tiny() if atk.needs_method else None, cover=cover)
+            y = atk.apply(x, s, gen=gens, method=_TinyMethod() if atk.needs_method else None, cover=cover)
     except SkipCell as e:
         pytest.skip(f"{name}: {e}")
     return quantize_8bit(y.detach())
