@@ -91,3 +91,11 @@ def test_train_tiny_through_cli(tmp_path):
     assert (tmp_path / "t" / "tiny.safetensors").is_file() and (tmp_path / "t" / "tiny.json").is_file()
     r = runner.invoke(app, ["train", "nonexistent_config"])
     assert r.exit_code == 2
+
+
+def test_list_piped_gives_whole_names_one_row_per_line():
+    r = runner.invoke(app, ["list", "attacks"], env={"COLUMNS": "80"})  # CliRunner's stdout is no TTY
+    assert r.exit_code == 0, r.output
+    rows = {line.split("\t")[0]: line.split("\t") for line in r.output.splitlines()}
+    assert rows["attack"][:3] == ["attack", "family", "unit"]
+    assert rows["gaussian_noise"][2] == "sigma on [0,1]" and "pgd_remove" in rows

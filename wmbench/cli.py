@@ -117,7 +117,11 @@ def list_cmd(kind: Annotated[Kind, typer.Argument(help="what to list")]) -> None
                 t.add_row(name, "bits", "higher" if m.higher_is_better else "lower", m.description)
     except WmbenchError as e:
         raise _fail(e) from None
-    out.print(t)
+    if sys.stdout.isatty():
+        out.print(t)
+    else:  # piped: whole values, one row per line, tab-separated, so grep/cut see every name
+        for row in zip(*([str(c.header)] + [str(v) for v in c._cells] for c in t.columns), strict=True):
+            sys.stdout.write("\t".join(row) + "\n")
 
 
 def _load(suite_path: Path, limit: int | None = None):
