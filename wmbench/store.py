@@ -11,6 +11,8 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +21,27 @@ import pandas as pd
 CLEAN = "__clean__"  # attack label of the rows that extract from unwatermarked covers (empirical FPR)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder, then rename: readers never see a half-written file."""
+@contextmanager
+def atomic_path(path: Path) -> Iterator[str]:
+    """A temp file beside ``path`` to write; renamed onto ``path`` (with umask permissions) when the block ends,
+    deleted if it raises: readers never see a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         _chmod_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -40,16 +49,8 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".parquet")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False)
-        _chmod_umask(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def safe_name(s: str) -> str:
@@ -179,26 +180,16 @@ class RunStore:
             atomic_write_parquet(self.results_path, pd.DataFrame())
             return 0
         schema = pa.unify_schemas([pq.read_schema(p).remove_metadata() for p in paths])
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=".parquet")
-        os.close(fd)
         n = 0
-        try:
-            with pq.ParquetWriter(tmp, schema) as w:
-                for p in paths:
-                    t = pq.read_table(p).replace_schema_metadata(None)
-                    cols = [
-                        t.column(f.name).cast(f.type)
-                        if f.name in t.column_names
-                        else pa.nulls(len(t), f.type)
-                        for f in schema
-                    ]
-                    w.write_table(pa.Table.from_arrays(cols, schema=schema))
-                    n += len(t)
-            _chmod_umask(tmp)
-            os.replace(tmp, self.results_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(self.results_path) as tmp, pq.ParquetWriter(tmp, schema) as w:
+            for p in paths:
+                t = pq.read_table(p).replace_schema_metadata(None)
+                cols = [
+                    t.column(f.name).cast(f.type) if f.name in t.column_names else pa.nulls(len(t), f.type)
+                    for f in schema
+                ]
+                w.write_table(pa.Table.from_arrays(cols, schema=schema))
+                n += len(t)
         return n
 
 
@@ -208,16 +199,8 @@ def _write_with_meta(path: Path, df: pd.DataFrame, meta: dict) -> None:
 
     t = pa.Table.from_pandas(df, preserve_index=False)
     t = t.replace_schema_metadata({**(t.schema.metadata or {}), PART_META: json.dumps(meta).encode()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".parquet")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(t, tmp)
-        _chmod_umask(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _read_meta(path: Path) -> dict | None:
