@@ -99,3 +99,17 @@ def test_list_piped_gives_whole_names_one_row_per_line():
     rows = {line.split("\t")[0]: line.split("\t") for line in r.output.splitlines()}
     assert rows["attack"][:3] == ["attack", "family", "unit"]
     assert rows["gaussian_noise"][2] == "sigma on [0,1]" and "pgd_remove" in rows
+
+
+@pytest.mark.parametrize("kind", ["methods", "attacks", "metrics"])
+def test_list_json_gives_whole_values(kind):
+    r = runner.invoke(app, ["list", kind, "--json"], env={"COLUMNS": "40"})
+    assert r.exit_code == 0, r.output
+    rows = {x["name"]: x for x in json.loads(r.stdout)}
+    if kind == "attacks":
+        assert rows["jpeg"]["strength_range"] == [90.0, 10.0] and rows["jpeg"]["unit"] == "jpeg quality"
+        assert rows["gaussian_noise"]["default_strengths"] == [0.02, 0.05, 0.1]
+    elif kind == "methods":
+        assert isinstance(rows["dwtdct"]["nbits"], int) and rows["rivagan"]["description"]
+    else:
+        assert rows["lpips"]["higher_is_better"] is False and rows["bit_acc"]["kind"] == "bits"

@@ -34,7 +34,9 @@ def test_unreadable_classes_fall_back_to_import() -> None:
     assert static_meta("thirdparty.mod:Cls", ("unit",)) is None  # only wmbench's own files are read
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["list", "attacks"], ["list", "methods"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["list", "attacks"], ["list", "methods"], ["list", "attacks", "--json"]]
+)
 def test_help_and_list_do_not_import_torch(argv: list[str]) -> None:
     code = (
         "import sys\n"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -58,69 +59,84 @@ class Kind(StrEnum):
     metrics = "metrics"
 
 
-@app.command("list")
-def list_cmd(kind: Annotated[Kind, typer.Argument(help="what to list")]) -> None:
-    """List registered methods, attacks (with unit and default strengths) or metrics."""
+def _yes(v: Any) -> str:
+    return "yes" if v else "no"
+
+
+def _floats(v: Any) -> str:
+    return ", ".join(f"{s:g}" for s in v)
+
+
+def _range(v: Any) -> str:
+    return f"{v[0]:g} → {v[1]:g}"
+
+
+#: per kind: (table header, row key, how the table shows it); --json gives the rows' whole values instead
+LIST_COLUMNS: dict[Kind, list[tuple[str, str, Callable[[Any], str]]]] = {
+    Kind.methods: [
+        ("method", "name", str),
+        ("bits", "nbits", str),
+        ("white-box", "differentiable_extract", _yes),
+        ("description", "description", str),
+    ],
+    Kind.attacks: [
+        ("attack", "name", str),
+        ("family", "family", str),
+        ("unit", "unit", str),
+        ("default strengths", "default_strengths", _floats),
+        ("range (rel 0→1)", "strength_range", _range),
+        ("differentiable", "differentiable", lambda v: "yes" if v else "straight-through"),
+        ("description", "description", str),
+    ],
+    Kind.metrics: [
+        ("metric", "name", str),
+        ("kind", "kind", str),
+        ("better", "higher_is_better", lambda v: "higher" if v else "lower"),
+        ("description", "description", str),
+    ],
+}
+
+
+def _list_rows(kind: Kind) -> list[dict[str, Any]]:
+    """One dict of whole values per plugin; built-ins' constants read from source (no torch import)."""
     from wmbench.registry import attacks, methods
-    from wmbench.static_meta import plugin_meta  # built-ins' constants from source: no torch import
+    from wmbench.static_meta import plugin_meta
 
+    if kind is Kind.metrics:
+        from wmbench import metrics as M
+
+        return [
+            {"name": n, "kind": k, "higher_is_better": m.higher_is_better, "description": m.description}
+            for k, reg in (("image", M.IMAGE_METRICS), ("bits", M.BIT_METRICS))
+            for n, m in reg.items()
+        ]
+    reg = methods() if kind is Kind.methods else attacks()
+    keys = tuple(k for _, k, _ in LIST_COLUMNS[kind] if k != "name")
+    return [{"name": n, **plugin_meta(reg, n, keys)} for n in reg.names()]
+
+
+@app.command("list")
+def list_cmd(
+    kind: Annotated[Kind, typer.Argument(help="what to list")],
+    as_json: Annotated[bool, typer.Option("--json", help="a JSON list of objects with whole values")] = False,
+) -> None:
+    """List registered methods, attacks (with unit and default strengths) or metrics."""
     try:
-        if kind is Kind.methods:
-            t = Table("method", "bits", "white-box", "description")
-            reg = methods()
-            for name in reg.names():
-                cls = plugin_meta(reg, name, ("nbits", "differentiable_extract", "description"))
-                t.add_row(
-                    name,
-                    str(cls["nbits"]),
-                    "yes" if cls["differentiable_extract"] else "no",
-                    cls["description"],
-                )
-        elif kind is Kind.attacks:
-            t = Table(
-                "attack",
-                "family",
-                "unit",
-                "default strengths",
-                "range (rel 0→1)",
-                "differentiable",
-                "description",
-            )
-            reg = attacks()
-            fields = (
-                "family",
-                "unit",
-                "default_strengths",
-                "strength_range",
-                "differentiable",
-                "description",
-            )
-            for name in reg.names():
-                cls = plugin_meta(reg, name, fields)
-                lo, hi = cls["strength_range"]
-                t.add_row(
-                    name,
-                    cls["family"],
-                    cls["unit"],
-                    ", ".join(f"{s:g}" for s in cls["default_strengths"]),
-                    f"{lo:g} → {hi:g}",
-                    "yes" if cls["differentiable"] else "straight-through",
-                    cls["description"],
-                )
-        else:
-            from wmbench import metrics as M
-
-            t = Table("metric", "kind", "better", "description")
-            for name, m in M.IMAGE_METRICS.items():
-                t.add_row(name, "image", "higher" if m.higher_is_better else "lower", m.description)
-            for name, m in M.BIT_METRICS.items():
-                t.add_row(name, "bits", "higher" if m.higher_is_better else "lower", m.description)
+        rows = _list_rows(kind)
     except WmbenchError as e:
         raise _fail(e) from None
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=1, default=str) + "\n")
+        return
+    cols = LIST_COLUMNS[kind]
+    cells = [[show(r[k]) for _, k, show in cols] for r in rows]
     if sys.stdout.isatty():
+        t = Table(*(h for h, _, _ in cols))
+        for c in cells:
+            t.add_row(*c)
         out.print(t)
     else:  # piped: whole values, one row per line, tab-separated, so grep/cut see every name
-        for row in zip(*([str(c.header)] + [str(v) for v in c._cells] for c in t.columns), strict=True):
+        for row in [[h for h, _, _ in cols], *cells]:
             sys.stdout.write("\t".join(row) + "\n")
 
 
