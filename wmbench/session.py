@@ -55,7 +55,9 @@ class Session:
 
     def __init__(self, suite: Suite, device: torch.device, batch: int, keep: int = 2) -> None:
         from wmbench import metrics as M
+        from wmbench.memory import pin_mmap_threshold
 
+        pin_mmap_threshold()  # image-sized tensors go back to the system when freed (wmbench/memory.py)
         self.M = M
         self.suite = suite
         self.plan: Plan = expand(suite)
