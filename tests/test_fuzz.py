@@ -242,6 +242,58 @@ def test_noop_rerun_keeps_wall_time_and_files_follow_umask(tmp_path):
         assert p.stat().st_mode & 0o777 == 0o644, p
 
 
+# --- runs that end oddly, and misuse of a finished run's commands ---------------------------------------------------
+def test_every_cell_skipped_ends_cleanly_and_reports_why(tmp_path):
+    out = tmp_path / "run"
+    code, text = _run(tmp_path, out, methods=[{"name": "test_noweights"}])
+    assert code == 1 and "nothing ran" in text, text
+    code, text = _invoke(["report", str(out)])
+    assert code == 0 and "report.html" in text, text
+    md = (out / "report.md").read_text()
+    assert "Nothing ran" in md and "nowhere.safetensors is not installed" in md
+    code, text = _invoke(["summarize", str(out), str(tmp_path / "s.json")])
+    assert code == 2 and "nothing was measured" in text and not (tmp_path / "s.json").exists()
+
+
+def test_suite_without_attacks_runs_and_reports(tmp_path):
+    out = tmp_path / "run"
+    code, text = _run(tmp_path, out, attacks=[])
+    assert code == 0, text
+    md = (out / "report.md").read_text()
+    assert "Image quality" in md and "test_ss" in md
+    assert len(pd.read_parquet(out / "results.parquet")) == 3 * 2  # clean + identity per image
+
+
+MISUSE_DONE = [
+    (["compare", "{run}", "{run}", "--tol-acc", "nan"], "--tol-acc"),
+    (["compare", "{run}", "{run}", "--tol-acc", "inf"], "--tol-acc"),
+    (["compare", "{run}", "{run}", "--tol-acc", "-0.1"], "--tol-acc"),
+    (["compare", "{run}", "{run}", "--tol-psnr", "nan"], "--tol-psnr"),
+    (["run", "s.yaml", "--out", ""], "--out"),
+    (["report", "{run}", "--out", ""], "--out"),
+    (["report", "{run}", "--out", "s.yaml"], "not a folder"),
+    (["summarize", "{run}", "."], "is a folder"),
+    (["summarize", "{run}", ""], "empty"),
+]
+
+
+@pytest.fixture
+def done_run(tmp_path) -> Path:
+    out = tmp_path / "run"
+    assert _run(tmp_path, out)[0] == 0
+    return out
+
+
+@pytest.mark.parametrize(
+    ("args", "word"), MISUSE_DONE, ids=[" ".join(a[0][:1] + a[0][3:]) for a in MISUSE_DONE]
+)
+def test_misuse_on_a_finished_run(tmp_path, done_run, args, word):
+    before = _files(tmp_path)
+    code, out = _invoke([a.replace("{run}", str(done_run)) for a in args])
+    assert code == 2 and word in out.replace("\n", " "), out
+    assert _files(tmp_path) == before  # nothing written, in the current folder or elsewhere
+
+
 # --- image files ----------------------------------------------------------------------------------------------------
 def test_odd_image_files_are_skipped_and_counted(tmp_path):
     d = tmp_path / "imgs"

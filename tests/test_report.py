@@ -13,6 +13,7 @@ import wmtest_plugins
 import yaml
 from typer.testing import CliRunner
 
+from wmbench import analysis
 from wmbench.api import WmbenchError
 from wmbench.cli import app
 from wmbench.compare import compare, load_summary, write_summary
@@ -63,8 +64,39 @@ def test_report_has_every_section_and_embeds_images(run_dir, tmp_path):
     assert len(imgs) >= 5  # 2 curves + scatter + one grid per method
     assert all(len(b) > 1000 for b in imgs)
     assert 'src="http' not in page and 'src="file' not in page  # self-contained
-    for name in ("curves_bit_acc.png", "quality_vs_robustness.png", "grid_test_ss.png", "grid_ss_strong.png"):
+    for name in (
+        "glance.png",
+        "curves_bit_acc_distortion.png",
+        "quality_vs_robustness.png",
+        "grid_test_ss.png",
+        "grid_ss_strong.png",
+    ):
         assert (tmp_path / "out" / name).is_file()
+
+
+def test_report_reads_at_a_glance(run_dir, tmp_path):
+    """Heatmap, then contents, then the ranking; long parts folded; strengths weak -> strong; the CLI prints paths."""
+    files = build_report([run_dir], tmp_path / "out")
+    md, page = files["md"].read_text(), files["html"].read_text()
+    assert md.index("## At a glance") < md.index("**Contents:**") < md.index("## Ranking (removal attacks)")
+    assert "](#image-quality)" in md and "<h2 id=image-quality>" in page and "<details>" in page
+    assert page.index('alt="method × attack bit accuracy"') < page.index("<nav>")
+    piv = md[md.index("## Robustness: distortion attacks") :]
+    assert piv.index("| jpeg | 90 |") < piv.index("| jpeg | 30 |")  # quality 90 is the weaker jpeg
+    r = cli.invoke(app, ["report", str(run_dir), "--out", str(tmp_path / "cli")])
+    assert r.exit_code == 0 and "report.html" in r.output and "## Ranking" not in r.output
+
+
+def test_strength_signs_follow_strength_range_and_a_sequence_its_swept_step():
+    df = pd.DataFrame(
+        {
+            "attack": ["jpeg", "gaussian_blur", "blur+jpeg", "x"],
+            "attack_name": ["jpeg", "gaussian_blur", "sequence", "nope"],
+        }
+    )
+    seq = [{"name": "gaussian_blur", "strength": 1.0}, {"name": "jpeg", "strength": None}]
+    man = {"suite": {"attacks": [{"label": "blur+jpeg", "sequence": seq}]}}
+    assert analysis.strength_signs(df, [man]) == {"jpeg": -1, "gaussian_blur": 1, "blur+jpeg": -1, "x": 1}
 
 
 def test_report_merges_runs(run_dir, tmp_path):

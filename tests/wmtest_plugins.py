@@ -11,7 +11,7 @@ import time
 import torch
 from torch import Tensor
 
-from wmbench.api import Attack, Method
+from wmbench.api import Attack, Method, SkipCell
 from wmbench.registry import attacks, methods
 
 
@@ -67,10 +67,21 @@ class StatBlur(SlowBlur):
         return torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
 
 
+class NoWeights(SpreadSpectrum):
+    """A method whose weights are never installed: every cell of it is skipped."""
+
+    name = "test_noweights"
+
+    def setup(self, device):
+        raise SkipCell("weights file nowhere.safetensors is not installed")
+
+
 def register() -> None:
     if "test_stat" not in attacks():
         attacks().register("test_stat", StatBlur)
     if "test_ss" not in methods():
         methods().register("test_ss", SpreadSpectrum)
+    if "test_noweights" not in methods():
+        methods().register("test_noweights", NoWeights)
     if "test_slow" not in attacks():
         attacks().register("test_slow", SlowBlur)

@@ -38,20 +38,57 @@ def class_goal(attack_name: str) -> str:
         return REMOVAL
 
 
-def attack_goals(df: pd.DataFrame, manifests: list[dict] | None = None) -> dict[str, str]:
-    """Attack label -> goal. A sequence is a forgery when any of its steps is (steps read from the manifests)."""
-    steps: dict[str, list[str]] = {}
+def _sequence_steps(manifests: list[dict] | None) -> dict[str, list[dict]]:
+    """Sequence label -> its steps as the suite wrote them ({name, strength?, params?})."""
+    steps: dict[str, list[dict]] = {}
     for man in manifests or []:
         for spec in (man.get("suite") or {}).get("attacks") or []:
             if spec.get("sequence"):
                 label = spec.get("label") or "+".join(str(s.get("name")) for s in spec["sequence"])
-                steps[label] = [str(s.get("name")) for s in spec["sequence"]]
-    goals: dict[str, str] = {}
+                steps[label] = list(spec["sequence"])
+    return steps
+
+
+def _labels(df: pd.DataFrame) -> list[tuple[str, str]]:
     pairs = df[["attack", "attack_name"]].drop_duplicates()
-    for label, name in zip(pairs["attack"], pairs["attack_name"], strict=True):
-        names = steps.get(label, []) if name == "sequence" else [name]
+    return list(zip(pairs["attack"], pairs["attack_name"], strict=True))
+
+
+def attack_goals(df: pd.DataFrame, manifests: list[dict] | None = None) -> dict[str, str]:
+    """Attack label -> goal. A sequence is a forgery when any of its steps is (steps read from the manifests)."""
+    steps = _sequence_steps(manifests)
+    goals: dict[str, str] = {}
+    for label, name in _labels(df):
+        names = [str(s.get("name")) for s in steps.get(label, [])] if name == "sequence" else [name]
         goals[label] = FORGERY if any(class_goal(n) == FORGERY for n in names) else REMOVAL
     return goals
+
+
+@lru_cache(maxsize=256)
+def _descending(attack_name: str) -> bool:
+    """True when a smaller value is the stronger attack: the class's ``strength_range`` (weakest, strongest)
+    runs high -> low (jpeg quality, resize scale, kept area)."""
+    from wmbench.registry import attacks
+    from wmbench.static_meta import plugin_meta
+
+    try:
+        lo, hi = plugin_meta(attacks(), attack_name, ("strength_range",))["strength_range"]
+        return float(lo) > float(hi)
+    except Exception:  # noqa: BLE001 - an unknown (e.g. uninstalled third-party) attack keeps ascending
+        return False
+
+
+def strength_signs(df: pd.DataFrame, manifests: list[dict] | None = None) -> dict[str, int]:
+    """Attack label -> +1 when a larger strength is the stronger attack, -1 when a smaller one is, so tables and
+    axes can read weak -> strong; a sequence follows its swept step (the one without a fixed strength)."""
+    steps = _sequence_steps(manifests)
+    signs: dict[str, int] = {}
+    for label, name in _labels(df):
+        if name == "sequence":
+            swept = [str(s.get("name")) for s in steps.get(label, []) if s.get("strength") is None]
+            name = swept[0] if swept else name
+        signs[label] = -1 if _descending(str(name)) else 1
+    return signs
 
 
 def watermarked(df: pd.DataFrame, manifests: list[dict] | None = None) -> pd.DataFrame:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from enum import StrEnum
@@ -51,6 +52,24 @@ def _main() -> None:
 def _fail(e: Exception, code: int = 2) -> typer.Exit:
     err.print(f"[bold red]error:[/] {e}", highlight=False)
     return typer.Exit(code)
+
+
+def _out_path(value: str) -> Path:
+    """An --out path; an empty one would silently mean the current folder."""
+    if not value.strip():
+        raise typer.BadParameter("is empty; give a path (use . for the current folder)")
+    return Path(value)
+
+
+def _tolerance(value: str) -> float:
+    """A tolerance: a finite number >= 0 (nan would make every comparison pass)."""
+    try:
+        v = float(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a number") from None
+    if not (math.isfinite(v) and v >= 0):
+        raise typer.BadParameter(f"must be a finite number >= 0, got {value}")
+    return v
 
 
 class Kind(StrEnum):
@@ -200,7 +219,8 @@ def validate(suite: Annotated[Path, typer.Argument(help="suite YAML file")]) -> 
 def run(
     suite: Annotated[Path, typer.Argument(help="suite YAML file")],
     out_dir: Annotated[
-        Path | None, typer.Option("--out", help="run folder (default results/<suite name>)")
+        Path | None,
+        typer.Option("--out", parser=_out_path, help="run folder (default results/<suite name>)"),
     ] = None,
     fresh: Annotated[bool, typer.Option(help="discard earlier results in the run folder")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the expanded cells and exit")] = False,
@@ -259,8 +279,13 @@ def run(
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     report = write_report(res.out)
-    out.print(summary_table(res.out))
     tm = res.manifest
+    if not tm.get("n_rows"):
+        err.print(
+            f"[red]nothing ran: every cell was skipped or failed; the reasons are in {report}", soft_wrap=True
+        )
+        raise typer.Exit(1)
+    out.print(summary_table(res.out))
     out.print(f"{tm['n_rows']} rows · wall {tm['wall_s']} s · device {tm['device']}")
     out.print(f"run folder: [bold]{res.out}[/]", soft_wrap=True)
     out.print(f"report: {report} (and report.html)", soft_wrap=True)
@@ -275,10 +300,12 @@ def report(
     out_dir: Annotated[
         Path | None,
         typer.Option(
-            "--out", help="where to write (default: the run folder, or results/report-A+B for several runs)"
+            "--out",
+            parser=_out_path,
+            help="where to write (default: the run folder, or results/report-A+B for several runs)",
         ),
     ] = None,
-    quiet: Annotated[bool, typer.Option(help="do not print the markdown")] = False,
+    quiet: Annotated[bool, typer.Option(help="print nothing")] = False,
     pool: Annotated[
         bool,
         typer.Option(
@@ -286,7 +313,7 @@ def report(
         ),
     ] = False,
 ) -> None:
-    """Write report.md, a self-contained report.html and PNG plots; print the markdown."""
+    """Write report.md, a self-contained report.html and PNG plots; print the paths written."""
     from wmbench.report import build_report
 
     target = out_dir or (
@@ -297,8 +324,9 @@ def report(
     except WmbenchError as e:
         raise _fail(e) from None
     if not quiet:
-        out.print(files["md"].read_text(), markup=False, highlight=False)
-    err.print(f"written {files['md']} and {files['html']} (+{len(files) - 2} PNG)")
+        pngs = [p for k, p in files.items() if k not in ("md", "html")]
+        out.print(f"{files['html']}\n{files['md']}", soft_wrap=True, highlight=False, markup=False)
+        out.print(f"+ {len(pngs)} PNG in {files['md'].parent}", soft_wrap=True, highlight=False, markup=False)
 
 
 @app.command()
@@ -323,16 +351,25 @@ def score(
 @app.command()
 def summarize(
     run: Annotated[Path, typer.Argument(help="run folder")],
-    out_file: Annotated[Path, typer.Argument(help="summary JSON to write (e.g. results/baselines/ci.json)")],
+    out_file: Annotated[
+        Path,
+        typer.Argument(parser=_out_path, help="summary JSON to write (e.g. results/baselines/ci.json)"),
+    ],
 ) -> None:
     """Write a run's per-cell figures with 95% intervals, paired comparisons and rankings as a small JSON (a
     baseline for `wmbench compare`)."""
     from wmbench.compare import write_summary
 
     try:
+        if out_file.is_dir():
+            raise WmbenchError(
+                f"summarize: {out_file} is a folder; give a file, e.g. {out_file / 'summary.json'}"
+            )
         p = write_summary(run, out_file)
     except WmbenchError as e:
         raise _fail(e) from None
+    except OSError as e:
+        raise _fail(WmbenchError(f"summarize: cannot write {out_file}: {e.strerror or e}")) from None
     out.print(f"written {p}")
 
 
@@ -340,8 +377,12 @@ def summarize(
 def compare(
     baseline: Annotated[Path, typer.Argument(help="baseline run folder or summary .json")],
     new: Annotated[Path, typer.Argument(help="new run folder or summary .json")],
-    tol_acc: Annotated[float, typer.Option(help="allowed drop of bit accuracy / TPR")] = 0.02,
-    tol_psnr: Annotated[float, typer.Option(help="allowed drop of watermark PSNR (dB)")] = 0.3,
+    tol_acc: Annotated[
+        float, typer.Option(parser=_tolerance, help="allowed drop of bit accuracy / TPR (>= 0)")
+    ] = 0.02,
+    tol_psnr: Annotated[
+        float, typer.Option(parser=_tolerance, help="allowed drop of watermark PSNR (dB, >= 0)")
+    ] = 0.3,
     show_all: Annotated[bool, typer.Option("--all", help="print every cell, not only changed ones")] = False,
 ) -> None:
     """Compare two runs per method × attack × strength; exit 1 on a regression beyond tolerance or missing cells."""
@@ -419,7 +460,9 @@ def calibrate(
     split: Annotated[str, typer.Option(help="built-in photos: all, eval or train")] = "all",
     batch_size: Annotated[int, typer.Option(help="images per extract call")] = 32,
     device: Annotated[str, typer.Option(help="cpu, cuda, auto …")] = "cpu",
-    out_file: Annotated[Path | None, typer.Option("--out", help="also write the JSON to this file")] = None,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", parser=_out_path, help="also write the JSON to this file")
+    ] = None,
 ) -> None:
     """Decode N clean images and check the analytic FPR: matching bits vs Binomial(k, 1/2), measured FPR with
     its exact interval, the empirical threshold; prints JSON (docs/statistics.md)."""
@@ -459,7 +502,8 @@ def train(
         str, typer.Argument(help="training config: a YAML file or a packaged name (hidden, tiny)")
     ],
     out_dir: Annotated[
-        Path | None, typer.Option("--out", help="output folder (default results/train/<config name>)")
+        Path | None,
+        typer.Option("--out", parser=_out_path, help="output folder (default results/train/<config name>)"),
     ] = None,
     resume: Annotated[bool, typer.Option(help="continue from the folder's checkpoint")] = False,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda …")] = None,

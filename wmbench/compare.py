@@ -145,7 +145,7 @@ def load_summary(path: str | Path) -> pd.DataFrame:
     """A run folder, or a summary JSON written by :func:`write_summary` (with or without intervals)."""
     p = Path(path)
     if p.is_dir():
-        df, man = load_results(p)
+        df, man = _measured(p)
         return summarize_frame(df, [man])
     if p.suffix == ".json" and p.is_file():
         try:
@@ -158,8 +158,16 @@ def load_summary(path: str | Path) -> pd.DataFrame:
     raise WmbenchError(f"{p}: neither a run folder nor a summary .json file")
 
 
-def write_summary(run: str | Path, path: str | Path) -> Path:
+def _measured(run: str | Path) -> tuple[pd.DataFrame, dict]:
+    """A run's rows and manifest; a run in which nothing was measured is refused, with where to read why."""
     df, man = load_results(run)
+    if df.empty or "source" not in df or not (df["source"] == "watermarked").any():
+        raise WmbenchError(f"{run}: nothing was measured (every cell skipped or failed); see its report.md")
+    return df, man
+
+
+def write_summary(run: str | Path, path: str | Path) -> Path:
+    df, man = _measured(run)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(json.dumps(summary_dict(df, man), indent=1) + "\n")

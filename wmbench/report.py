@@ -9,10 +9,7 @@ forgery cells are ranked on their own.
 
 from __future__ import annotations
 
-import base64
-import html
 import math
-import re
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +17,7 @@ import pandas as pd
 
 from wmbench import analysis, stats
 from wmbench.api import WmbenchError
+from wmbench.render import Section, render
 from wmbench.store import load_results, safe_name
 
 FAMILIES = ("distortion", "regeneration", "adversarial")
@@ -217,53 +215,6 @@ def summary_table(run: str | Path):  # -> rich.table.Table
     return t
 
 
-# ------------------------------------------------------------------------------------------ rendering
-
-
-def _md_table(df: pd.DataFrame) -> str:
-    if df.empty:
-        return "_(no rows)_"
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for _, r in df.iterrows()]
-    return "\n".join(lines)
-
-
-def _html_table(df: pd.DataFrame) -> str:
-    if df.empty:
-        return "<p><em>no rows</em></p>"
-
-    def cell(v: object) -> str:
-        s = str(v)
-        num = s.replace(".", "", 1).replace("-", "", 1).replace("+", "", 1).isdigit() or s in ("–", "∞")
-        return f"<td class=n>{html.escape(s)}</td>" if num else f"<td>{html.escape(s)}</td>"
-
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-    body = "".join("<tr>" + "".join(cell(r[c]) for c in df.columns) + "</tr>" for _, r in df.iterrows())
-    return f'<div class="tw"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
-
-
-def _note_html(note: str) -> str:
-    """The few markdown marks the notes use (`code`, **strong**, *em*) as HTML."""
-    t = html.escape(note)
-    t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
-    t = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", t)
-    return re.sub(r"\*([^*]+)\*", r"<em>\1</em>", t)
-
-
-def _img_tag(path: Path, alt: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-
-
-CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;margin:1.5em auto;
-padding:0 1em;color:#222;line-height:1.4}h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;
-margin-top:1.6em}.tw{overflow-x:auto}table{border-collapse:collapse;font-size:.82em;margin:.5em 0}
-th,td{border:1px solid #ddd;padding:3px 7px;text-align:left;white-space:nowrap}th{background:#f4f4f4}
-td.n{text-align:right;font-variant-numeric:tabular-nums}code{background:#f4f4f4;padding:0 3px}img{max-width:100%;height:auto;display:block;
-margin:.5em 0}.note{color:#555;font-size:.9em}"""
-
-
 def _merge_runs(runs: list[Path]) -> tuple[pd.DataFrame, list[dict]]:
     frames, mans = [], []
     for r in runs:
@@ -340,60 +291,129 @@ def _problem_lines(mans: list[dict]) -> list[str]:
         for sk in m.get("skipped_cells", []):
             groups.setdefault(str(sk.get("attack")), []).append(sk)
         for attack, items in groups.items():
-            methods = sorted({str(i.get("method")) for i in items})
+            methods = ", ".join(sorted({str(i.get("method")) for i in items}))
             strengths = sorted({i.get("strength") for i in items if i.get("strength") is not None})
-            lines.append(
-                f"skipped — {suite}: {attack} ({len(items)} cells: methods {', '.join(methods)}; strengths "
-                f"{', '.join(f'{v:g}' for v in strengths)}): {items[0].get('reason')}"
+            what = (
+                f"every cell of {methods}"
+                if attack == "*"
+                else f"{attack} ({len(items)} cells: methods {methods}; strengths "
+                f"{', '.join(f'{v:g}' for v in strengths)})"
             )
+            lines.append(f"skipped — {suite}: {what}: {items[0].get('reason')}")
     return lines
 
 
-def _sections(
-    df: pd.DataFrame, wm: pd.DataFrame, fpr: float, q: pd.DataFrame
-) -> list[tuple[str, str, pd.DataFrame | None]]:
-    """Every table of the report, in reading order: (title, note, table). ``wm``: the watermarked rows with their
-    goal; ``q``: the quality statistics."""
-    clean = df[df["source"] == "clean"]
+def _ordered_families(cells: pd.DataFrame) -> list[str]:
+    """The families of the attacked cells: distortion, regeneration, adversarial first, others after."""
+    have = list(dict.fromkeys(cells[cells["attack"] != "identity"]["family"]))
+    return [f for f in FAMILIES if f in have] + [f for f in have if f not in FAMILIES and f != "none"]
+
+
+def family_scores(ranks: dict[str, analysis.Ranking]) -> pd.DataFrame:
+    """Methods × (overall, each family, forgery): each column's ranking score with its interval, in the overall
+    ranking's order; the family tables with their tests sit folded below."""
+    cols = {k: r for k, r in ranks.items() if not r.empty}
+    if not cols:
+        return pd.DataFrame()
+    methods = list(dict.fromkeys(m for r in cols.values() for m in r.table["method"]))
+    out = pd.DataFrame({"method": methods})
+    for k, r in cols.items():
+        t = r.table.set_index("method")
+        n = f"{len(r.cells)} cell{'s' if len(r.cells) > 1 else ''}"
+        name = f"forgery ↓ ({n}, lower is better)" if k == "forgery" else f"{k} ({n})"
+        out[name] = [_ci(t.loc[m], "score") if m in t.index else "–" for m in methods]
+    return out
+
+
+def pivot_table(cells: pd.DataFrame, signs: dict[str, int], family: str) -> pd.DataFrame:
+    """Bit accuracy with one row per attack × strength (weak → strong) and one column per method: the long table
+    turned so it fits a screen (the intervals are in the folded full table)."""
+    c = cells[(cells["family"] == family) & (cells["attack"] != "identity")]
+    methods = list(dict.fromkeys(c["method"]))
+    first = {a: i for i, a in reversed(list(enumerate(c["attack"])))}
+    groups = sorted(
+        c.groupby(["attack", "strength"], sort=False),
+        key=lambda kv: (first[kv[0][0]], signs.get(kv[0][0], 1) * float(kv[0][1])),
+    )
+    rows = []
+    for (atk, st), g in groups:
+        acc = dict(zip(g["method"], g["bit_acc"], strict=True))
+        forged = (g["goal"] == analysis.FORGERY).any()
+        rows.append(
+            {
+                "attack": f"{atk} ↓ (forgery: lower is better)" if forged else atk,
+                "strength": f"{st:g}",
+                "unit": g["unit"].iloc[0],
+                **{m: _fmt(acc.get(m, math.nan)) for m in methods},
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _ranking_sections(wm: pd.DataFrame, fpr: float, q: pd.DataFrame) -> list[Section]:
+    """The overall ranking, the scores by family in one table, and each family's own ranking folded."""
     ranks = analysis.rankings(wm)
-    overall = ranks.pop("overall")
-    forgery = ranks.pop("forgery", None)
+    overall = ranks["overall"]
     qnote = analysis.quality_note(q)
-    out: list[tuple[str, str, pd.DataFrame | None]] = [
-        (
+    out = [
+        Section(
             "Ranking (removal attacks)",
             "Mean bit accuracy over the removal cells every method ran, averaged per image first; 95 % interval: "
             "t over images (never narrower than independent bits allow). *differs from next?*: paired t on the "
-            "per-image scores, Holm-adjusted over the list. "
-            + cells_line(overall)
-            + (f" {qnote}" if qnote else ""),
+            "per-image scores, Holm-adjusted over the list." + (f" {qnote}" if qnote else ""),
             ranking_table(overall, fpr),
+            more=(
+                f"cells used ({len(overall.cells)}) and left out ({len(overall.left_out)})",
+                cells_line(overall),
+            ),
         )
     ]
-    for fam, r in ranks.items():
-        out.append((f"Ranking: {fam} attacks", cells_line(r), ranking_table(r, fpr)))
-    if forgery is not None:
+    if len(ranks) > 1:
         out.append(
-            (
-                "Forgery (lower is better)",
-                "White-box forgery cells, ranked on their own: the score is the bit accuracy of a forged clean "
-                "cover against the message, i.e. how well the attacker copied the watermark. "
-                + cells_line(forgery),
-                ranking_table(forgery, fpr),
+            Section(
+                "Scores by attack family",
+                "The same score on each family's shared cells (forgery: how well the attacker copied the "
+                "watermark, lower is better). Each family's ranking, with its tests and cells, is folded below.",
+                family_scores(ranks),
             )
         )
-    out.append(
-        (
+    for fam, r in ranks.items():
+        if fam == "overall":
+            continue
+        name = "Forgery (lower is better)" if fam == "forgery" else f"Ranking: {fam} attacks"
+        note = (
+            "White-box forgery cells, ranked on their own: the score is the bit accuracy of a forged clean "
+            "cover against the message, i.e. how well the attacker copied the watermark."
+            if fam == "forgery"
+            else ""
+        )
+        out.append(
+            Section(
+                name,
+                note,
+                ranking_table(r, fpr),
+                fold="ranking with tests",
+                more=("cells", cells_line(r)),
+                level=3,
+            )
+        )
+    return out
+
+
+def _quality_sections(wm: pd.DataFrame, clean: pd.DataFrame, q: pd.DataFrame) -> list[Section]:
+    qnote = analysis.quality_note(q)
+    out = [
+        Section(
             "Image quality",
             "Watermarked vs cover, per method, 95 % t intervals. `clean bit_acc`: read back right after "
             "embedding. `FPR analytic on covers`: clean covers detected at the analytic threshold (Clopper–Pearson)."
             + (f" {qnote}" if qnote else ""),
             quality_table(wm, clean),
         )
-    )
+    ]
     if len(clean):
         out.append(
-            (
+            Section(
                 "Clean covers: are the decoded bits fair coins?",
                 "The analytic threshold assumes a decoder reading an unwatermarked image returns independent fair "
                 "coins. With a random message per image, clean covers match Binomial(k, ½) whatever the decoder, so "
@@ -403,88 +423,153 @@ def _sections(
                 fairness_table(clean),
             )
         )
-    pairs = analysis.pairwise(wm)
-    fams = [f for f in dict.fromkeys(wm[wm["goal"] == analysis.REMOVAL]["family"]) if f != "none"]
-    for fam in fams:
-        if pairs.empty or len(dict.fromkeys([*pairs["a"], *pairs["b"]])) < 2:
-            break
-        out.append(
-            (
-                f"Paired comparisons: {fam} attacks",
-                "Row − column: mean difference of bit accuracy over the cells of this family both methods ran "
-                "(same images). In brackets: cells where the row is significantly better / worse — paired t-test "
-                f"per cell, Holm-adjusted over all {len(pairs)} method pairs × cells of the report (α = 0.05).",
-                analysis.family_matrix(pairs, fam),
-            )
-        )
-    for fam in FAMILIES:
-        t = robustness_table(wm, clean, fpr, fam)
-        if not t.empty:
-            out.append(
-                (
-                    f"Robustness: {fam} attacks",
-                    f"Bit = logit > 0; 95 % intervals. TPR@{fpr:g}: *analytic* = matching bits ≥ the one-sided "
-                    "binomial threshold (Clopper–Pearson over images); *empirical* = threshold from the method's "
-                    "scores on the clean covers (smallest resolvable FPR = 1/n_clean).",
-                    t,
-                )
-            )
-    other = wm[~wm["family"].isin((*FAMILIES, "none"))]
-    if not other.empty:
-        out.append(("Robustness: other attacks", "", robustness_table(other, clean, fpr)))
     return out
 
 
-def build_report(runs: list[Path], out: Path, pool: bool = False) -> dict[str, Path]:
-    """Write report.md, report.html and the PNG plots into ``out``; returns their paths. Runs that differ in
-    images, seed or target FPR are refused unless ``pool``."""
+def _detail_sections(
+    wm: pd.DataFrame, clean: pd.DataFrame, fpr: float, cells: pd.DataFrame, signs: dict[str, int]
+) -> list[Section]:
+    """Paired comparisons per family, then per family the bit accuracy pivoted (methods across) and the full
+    table with every interval, folded."""
+    out = []
+    pairs = analysis.pairwise(wm)
+    fams = [f for f in dict.fromkeys(wm[wm["goal"] == analysis.REMOVAL]["family"]) if f != "none"]
+    if not pairs.empty and len(dict.fromkeys([*pairs["a"], *pairs["b"]])) >= 2:
+        for fam in fams:
+            out.append(
+                Section(
+                    f"Paired comparisons: {fam} attacks",
+                    "Row − column: mean difference of bit accuracy over the cells of this family both methods ran "
+                    "(same images). In brackets: cells where the row is significantly better / worse — paired "
+                    f"t-test per cell, Holm-adjusted over all {len(pairs)} method pairs × cells of the report "
+                    "(α = 0.05)."
+                    if fam == fams[0]
+                    else f"As for {fams[0]} attacks above.",
+                    analysis.family_matrix(pairs, fam),
+                )
+            )
+    for fam in _ordered_families(cells) or ["distortion"]:
+        full = robustness_table(wm, clean, fpr, fam)
+        if full.empty:
+            continue
+        piv = pivot_table(cells, signs, fam)
+        out.append(
+            Section(
+                f"Robustness: {fam} attacks",
+                "Mean bit accuracy per cell, strengths from weak to strong. ↓: a forgery, where a high value is "
+                "the attacker's win.",
+                piv if not piv.empty else None,
+                fold=f"bit accuracy, {len(piv)} cells × {len(piv.columns) - 3} methods"
+                if len(piv) > 24
+                else None,
+            )
+        )
+        out.append(
+            Section(
+                f"{fam} attacks: every figure with its interval",
+                f"Bit = logit > 0; 95 % intervals. TPR@{fpr:g}: *analytic* = matching bits ≥ the one-sided "
+                "binomial threshold (Clopper–Pearson over images); *empirical* = threshold from the method's "
+                "scores on the clean covers (smallest resolvable FPR = 1/n_clean).",
+                full,
+                fold=f"{len(full)} rows: bit and word accuracy, TPR, PSNR of the attacked image",
+                level=3,
+            )
+        )
+    return out
+
+
+def _figure_sections(
+    cells: pd.DataFrame,
+    signs: dict[str, int],
+    fpr: float,
+    grids: list[tuple[str, Path]],
+    out: Path,
+    scatter: Path | None,
+) -> list[Section]:
+    """Curves per family (each figure with its own legend), TPR curves folded, the scatter, the image grids."""
     from wmbench import plots
 
-    if not runs:
-        raise WmbenchError("report: give at least one run folder")
-    paths = [Path(r) for r in runs]
+    fams = _ordered_families(cells)
+    methods = list(dict.fromkeys(cells["method"]))
+
+    def draw(f: str, metric: str) -> Path | None:
+        return plots.curves(
+            cells[cells["family"] == f], out / f"curves_{metric}_{f}.png", signs, methods, metric
+        )
+
+    bit = [(f, draw(f, "bit_acc")) for f in fams]
+    tpr = [(f, draw(f, "tpr")) for f in fams]
+    secs = [
+        Section(
+            "Plots: bit accuracy vs attack strength",
+            "One panel per attack, strength in its unit from weak (left) to strong (right); bands: 95 % interval.",
+            figures=[(f"bit accuracy: {f} attacks", p) for f, p in bit if p is not None],
+        ),
+        Section(
+            f"TPR@{fpr:g} (analytic) vs attack strength",
+            "Bands: 95 % Clopper–Pearson.",
+            figures=[(f"TPR: {f} attacks", p) for f, p in tpr if p is not None],
+            fold="TPR curves",
+            level=3,
+        ),
+    ]
+    if scatter is not None:
+        secs.append(
+            Section(
+                "Quality vs robustness", "Bars: 95 % intervals.", figures=[("quality vs robustness", scatter)]
+            )
+        )
+    secs.append(
+        Section(
+            "Image grids",
+            "Per example cover: the cover, the watermarked image, the residual amplified ×10 (grey = no change) "
+            "and the strongest strength of a few attacks (families in turn); on each tile that image's bit accuracy.",
+            figures=grids,
+        )
+    )
+    return secs
+
+
+def _grids(df: pd.DataFrame, mans: list[dict], signs: dict[str, int], out: Path) -> list[tuple[str, Path]]:
+    from wmbench import plots
+
+    runs = list(dict.fromkeys(df["_run"]))
+    grids = []
+    for method in dict.fromkeys(df["method"]):
+        rows = df[(df["method"] == method) & (df["source"] == "watermarked")]
+        run = str(rows["_run"].iloc[0]) if len(rows) else None
+        if run is None:
+            continue
+        ids = list((mans[runs.index(run)].get("images") or {}).get("ids") or [])
+        raw = str(rows["method"].iloc[0]).split(" [")[0]  # a label kept apart from another run's
+        p = plots.image_grid(
+            Path(run), rows[rows["_run"] == run], raw, out / f"grid_{safe_name(method)}.png", signs, ids
+        )
+        if p is not None:
+            grids.append((method, p))
+    return grids
+
+
+def _load_runs(paths: list[Path], pool: bool) -> tuple[pd.DataFrame, list[dict], list[str], float]:
+    """Merged rows (``_run``, ``_image``: the run's own image id), manifests, pooling notes, the target FPR."""
     df, mans = _merge_runs(paths)
     notes = check_runs(paths, mans, pool) if len(paths) > 1 else []
+    if "image_id" in df:
+        df["_image"] = df["image_id"]
     if any(n.startswith("Methods from different runs") for n in notes):  # unpaired: keep image ids apart
         df["image_id"] = df["_run"] + ":" + df["image_id"].astype(str)
-    out.mkdir(parents=True, exist_ok=True)
     fprs = {float(m.get("target_fpr", 1e-3)) for m in mans}
     fpr = min(fprs)
-    if len(fprs) > 1:  # only when pooled (check_runs says so in the report)
+    if len(fprs) > 1 and len(df):  # only when pooled (check_runs says so in the report)
         from wmbench.metrics import analytic_threshold
 
         df["detected"] = [
             m >= analytic_threshold(int(k), fpr) for m, k in zip(df["matches"], df["nbits"], strict=True)
         ]
-    wm = analysis.watermarked(df, mans)
-    cells = analysis.cell_table(wm)
-    files: dict[str, Path] = {}
-    figs: list[tuple[str, Path]] = []
-    if (p := plots.curves(cells, wm, out / "curves_bit_acc.png")) is not None:
-        figs.append(("Bit accuracy vs attack strength (bands: 95 % interval)", p))
-    if p := plots.curves(cells, wm, out / "curves_tpr.png", "tpr"):
-        figs.append((f"TPR@{fpr:g} (analytic) vs attack strength (bands: 95 % Clopper–Pearson)", p))
-    overall = analysis.rank(wm)
-    q = analysis.quality_stats(wm)
-    if (
-        not overall.empty
-        and (p := plots.scatter(overall.table, q, out / "quality_vs_robustness.png")) is not None
-    ):
-        figs.append(("Quality vs robustness (bars: 95 % intervals)", p))
-    grids: list[tuple[str, Path]] = []
-    for method in dict.fromkeys(df["method"]):
-        run = Path(df[df["method"] == method]["_run"].iloc[0])
-        raw = method.split(" [")[0]
-        p = plots.image_grid(
-            run,
-            df[df["_run"] == str(run)].assign(method=lambda d: d["method"].str.split(" \\[").str[0]),
-            raw,
-            out / f"grid_{safe_name(method)}.png",
-        )
-        if p is not None:
-            grids.append((method, p))
+    return df, mans, notes, fpr
 
-    title = " + ".join(str(m.get("suite_name", "?")) for m in mans)
+
+def _meta(mans: list[dict], notes: list[str]) -> list[str]:
     meta = [
         f"{m.get('suite_name')}: seed {m.get('seed')}, target FPR {m.get('target_fpr')}, device {m.get('device')}, "
         f"{m.get('images', {}).get('n', '?')} images of {m.get('suite', {}).get('images', {}).get('size', '?')}², "
@@ -495,53 +580,87 @@ def build_report(runs: list[Path], out: Path, pool: bool = False) -> dict[str, P
         "Every figure is a mean over images with its 95 % interval in brackets (docs/statistics.md): t intervals "
         "for means, Clopper–Pearson for rates; pairwise tests are Holm-corrected."
     )
-    meta += notes
-    sections = _sections(df, wm, fpr, q)
+    n_err = sum(len(m.get("errors", [])) for m in mans)
+    n_skip = sum(len(m.get("skipped_cells", [])) for m in mans)
+    if n_err or n_skip:
+        meta.append(f"**{n_err} error(s), {n_skip} skip(s)**: see *Errors and skipped cells* at the end.")
+    return meta + notes
 
-    md = [f"# wmbench report: {title}", "", *[f"- {x}" for x in meta], ""]
-    ht = [
-        f"<h1>wmbench report: {html.escape(title)}</h1><ul>"
-        + "".join(f"<li>{_note_html(x)}</li>" for x in meta)
-        + "</ul>"
-    ]
-    for name, note, table in sections:
-        md += [f"## {name}", "", note, "", _md_table(table), ""]
-        ht += [f"<h2>{html.escape(name)}</h2><p class=note>{_note_html(note)}</p>", _html_table(table)]
-    md += ["## Plots", ""]
-    ht += ["<h2>Plots</h2>"]
-    for name, p in figs:
-        md += [f"### {name}", "", f"![{name}]({p.name})", ""]
-        ht += [f"<h3>{html.escape(name)}</h3>", _img_tag(p, name)]
-    md += [
-        "## Image grids",
-        "",
-        "Cover, watermarked, residual amplified ×10 (grey = no change), attacked examples.",
-        "",
-    ]
-    ht += [
-        "<h2>Image grids</h2><p class=note>Cover, watermarked, residual amplified ×10 (grey = no change), "
-        "attacked examples.</p>"
-    ]
-    for method, p in grids:
-        md += [f"![{method}]({p.name})", ""]
-        ht += [_img_tag(p, method)]
+
+def _problems_section(mans: list[dict]) -> list[Section]:
     lines = _problem_lines(mans)
-    if lines:
-        md += ["## Errors and skipped cells", ""]
-        ht += ["<h2>Errors and skipped cells</h2><ul>"]
-        for line in lines:
-            md.append(f"- {line}")
-            ht.append(f"<li>{html.escape(line)}</li>")
-        ht.append("</ul>")
+    if not lines:
+        return []
+    return [Section("Errors and skipped cells", items=lines)]
+
+
+def _nothing_ran(df: pd.DataFrame) -> bool:
+    return df.empty or "source" not in df or not (df["source"] == "watermarked").any()
+
+
+def build_report(runs: list[Path], out: Path, pool: bool = False) -> dict[str, Path]:
+    """Write report.md, report.html and the PNG plots into ``out``; returns their paths. Runs that differ in
+    images, seed or target FPR are refused unless ``pool``. A run in which nothing ran gets a report that says so
+    and why."""
+    from wmbench import plots
+
+    if not runs:
+        raise WmbenchError("report: give at least one run folder")
+    paths = [Path(r) for r in runs]
+    df, mans, notes, fpr = _load_runs(paths, pool)
+    if out.exists() and not out.is_dir():
+        raise WmbenchError(f"report --out {out}: exists and is not a folder; choose a folder path")
+    out.mkdir(parents=True, exist_ok=True)
+    title = "wmbench report: " + " + ".join(str(m.get("suite_name", "?")) for m in mans)
+    meta = _meta(mans, notes)
+    files: dict[str, Path] = {}
+    if _nothing_ran(df):
+        glance = Section(
+            "Nothing ran",
+            "No watermarked image was measured: every cell was skipped or failed. "
+            "The reasons are below; fix them (e.g. install the missing weights) and run again.",
+        )
+        md, page = render(title, meta, glance, _problems_section(mans))
+    else:
+        wm = analysis.watermarked(df, mans)
+        cells = analysis.cell_table(wm)
+        signs = analysis.strength_signs(wm, mans)
+        overall = analysis.rank(wm)
+        q = analysis.quality_stats(wm)
+        order = list(overall.table["method"]) if not overall.empty else []
+        order += [m for m in dict.fromkeys(wm["method"]) if m not in order]
+        heat = plots.heatmap(cells, order, out / "glance.png")
+        glance = (
+            Section(
+                "At a glance",
+                "Mean bit accuracy of each method (rows, best ranked first) under each attack (columns, mean over its "
+                "strengths), families side by side; green = the watermark survives, 0.5 = chance, blank = not run. ↓ marks a forgery, "
+                "where a high value is the attacker's win (colours reversed).",
+                figures=[("method × attack bit accuracy", heat)],
+            )
+            if heat is not None
+            else None
+        )
+        scatter = None
+        if not overall.empty:
+            scatter = plots.scatter(overall.table, q, out / "quality_vs_robustness.png")
+        clean = df[df["source"] == "clean"]
+        quality = _quality_sections(wm, clean, q)
+        sections = [
+            *_ranking_sections(wm, fpr, q),
+            quality[0],
+            *_figure_sections(cells, signs, fpr, _grids(df, mans, signs, out), out, scatter),
+            *quality[1:],
+            *_detail_sections(wm, clean, fpr, cells, signs),
+            *_problems_section(mans),
+        ]
+        md, page = render(title, meta, glance, sections)
+        figs = [f for s in (glance, *sections) if s is not None for f in s.figures]
+        files.update({p.stem: p for _, p in figs})
     files["md"] = out / "report.md"
-    files["md"].write_text("\n".join(md) + "\n")
+    files["md"].write_text(md)
     files["html"] = out / "report.html"
-    files["html"].write_text(
-        f"<!doctype html><html><head><meta charset=utf-8><meta name=viewport content='width=device-width'>"
-        f"<title>wmbench: {html.escape(title)}</title><style>{CSS}</style></head><body>{''.join(ht)}</body></html>\n"
-    )
-    for _, p in figs + grids:
-        files[p.stem] = p
+    files["html"].write_text(page)
     return files
 
 
