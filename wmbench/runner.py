@@ -38,7 +38,6 @@ from rich.progress import (
 
 from wmbench import __version__
 from wmbench.api import SkipCell, WmbenchError
-from wmbench.memory import pin_mmap_threshold
 from wmbench.rng import derive_seed  # noqa: F401  (re-exported: older callers import it from here)
 from wmbench.session import message_for  # noqa: F401  (re-exported)
 from wmbench.store import RunStore, cell_key, example_path, part_key
@@ -172,7 +171,6 @@ class Runner:
     def __init__(self, suite: Suite, opts: RunOptions, console: Console | None = None) -> None:
         if opts.executor not in EXECUTORS:
             raise WmbenchError(f"--executor {opts.executor!r}: use one of {', '.join(EXECUTORS)}")
-        pin_mmap_threshold()  # the driver merges tables; see wmbench/memory.py
         self.suite = suite
         self.opts = opts
         self.console = console or Console(stderr=True)

@@ -20,6 +20,7 @@ import torch
 
 from wmbench.api import Attack, Method, SkipCell, WmbenchError, quantize_8bit
 from wmbench.cache import WatermarkCache, wm_key
+from wmbench.memory import trim_heap
 from wmbench.rng import ImageGens, derive_seed
 from wmbench.store import CLEAN
 from wmbench.suite import Plan, Suite, expand
@@ -55,9 +56,7 @@ class Session:
 
     def __init__(self, suite: Suite, device: torch.device, batch: int, keep: int = 2) -> None:
         from wmbench import metrics as M
-        from wmbench.memory import pin_mmap_threshold
 
-        pin_mmap_threshold()  # image-sized tensors go back to the system when freed (wmbench/memory.py)
         self.M = M
         self.suite = suite
         self.plan: Plan = expand(suite)
@@ -277,6 +276,7 @@ class Session:
                     f"method {method.name!r}: extract returned {tuple(logits.shape)}, expected {(nb, msgs_k)}"
                 )
             logits_all.append(logits.cpu())
+            trim_heap()  # free heap pages back to the system, else RSS climbs batch by batch (wmbench/memory.py)
             if ap is not None:
                 for g in unit.example_slots:
                     r = g - unit.shard.start - j
