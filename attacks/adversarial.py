@@ -21,18 +21,20 @@ queries at 64²), so its rows would understate white-box attacks.  A trained sur
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import Any, Self
+from collections.abc import Callable
+from typing import Any, Literal, Self
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, StrictBool
 from torch import Tensor
 
 from wmbench import rng
 from wmbench.api import Attack, Method, SkipCell, WmbenchError
+from wmbench.params import Int, Num, PluginParams, param_defaults
 from wmbench.rng import Gen
 
-from .regeneration import INJECTED, load_autoencoder, params_label
+from .regeneration import INJECTED, ModelRef, load_autoencoder, params_label
 
 DEFAULT_EOT: tuple[str, ...] = ("jpeg", "gaussian_blur", "gaussian_noise", "resize")
 #: vae_embedding's default model: the encoder of the shipped regen_local codec (attacks/regen_local.py)
@@ -52,19 +54,13 @@ def _need_method(who: str, method: Method | None) -> Method:
     return method
 
 
-def _num(who: str, key: str, v: Any, lo: float, integer: bool = False, strict: bool = False) -> Any:
-    bad = isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
-    bad = bad or (v <= lo if strict else v < lo) or (integer and int(v) != v)
-    if bad:
-        kind = "an integer" if integer else "a number"
-        raise WmbenchError(f"attack {who!r}: {key} must be {kind} {'>' if strict else '>='} {lo}, got {v!r}")
-    return int(v) if integer else float(v)
+class PgdParams(PluginParams):
+    """The PGD knobs every ε-ball attack shares (white-box, surrogate transfer)."""
 
-
-def _choice(who: str, key: str, v: Any, options: Sequence[str]) -> str:
-    if v not in options:
-        raise WmbenchError(f"attack {who!r}: {key} {v!r} must be one of {', '.join(map(repr, options))}")
-    return str(v)
+    norm: Literal["linf", "l2"] = Field("linf", description="the ball: L-inf, or L2 (RMS per pixel)")
+    steps: int = Int(50, ge=0, le=10_000, description="PGD iterations (0 = no attack)")
+    step_size: float = Num(0.05, gt=0, le=10, description="step as a fraction of the ball's radius")
+    random_start: StrictBool = Field(False, description="start at a random point of the ball")
 
 
 def pgd(
@@ -141,50 +137,45 @@ class _Pgd(Attack):
     unit = "epsilon (1/255; L-inf, or RMS per pixel with norm l2)"
     default_strengths = (2.0, 4.0, 8.0)
     strength_range = (0.0, 8.0)  # WAVES adversarial: ε 2..8 /255
-    _targets: tuple[str, ...] = ()
     _defaults: dict[str, Any] = {}
 
-    def __init__(
-        self,
-        norm: str = "linf",
-        steps: int = 50,
-        step_size: float = 0.05,
-        eot: int = 0,
-        eot_attacks: Sequence[str] = DEFAULT_EOT,
-        target: str | None = None,
-        random_start: bool = False,
-        **params: Any,
-    ) -> None:
+    class Params(PgdParams):
+        eot: int = Int(0, ge=0, le=1000, description="random transforms averaged per step (EOT)")
+        eot_attacks: list[str] = Field(
+            list(DEFAULT_EOT), min_length=1, max_length=64, description="the attacks EOT draws from"
+        )
+
+    def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        who = self.name
-        self.norm = _choice(who, "norm", norm, ("linf", "l2"))
-        self.steps = _num(who, "steps", steps, 0, integer=True)
-        self.step_size = _num(who, "step_size", step_size, 0, strict=True)
-        self.eot = _num(who, "eot", eot, 0, integer=True)
-        self.target = _choice(who, "target", target or self._targets[0], self._targets)
-        self.random_start = bool(random_start)
-        if isinstance(eot_attacks, str) or not eot_attacks:
-            raise WmbenchError(f"attack {who!r}: eot_attacks must be a non-empty list of attack names")
+        p = self.p
+        self.norm, self.steps, self.step_size, self.eot = p.norm, p.steps, p.step_size, p.eot
+        self.target, self.random_start = p.target, p.random_start
         from wmbench.registry import attacks
 
         self.eot_pool: list[Attack] = []
-        for n in eot_attacks:
+        for j, n in enumerate(p.eot_attacks):
+            where = f"attack {self.name!r}: params.eot_attacks[{j}]"
+            if n not in attacks():
+                raise WmbenchError(f"{where}: {attacks().unknown_message(n)}")
             a = attacks().get(n)()
             if a.needs_method or not a.default_strengths:
-                raise WmbenchError(f"attack {who!r}: eot_attacks: {n!r} cannot serve as a random transform")
+                raise WmbenchError(f"{where}: {n!r} cannot serve as a random transform")
             self.eot_pool.append(a)
         self.params = {
             "norm": self.norm,
             "steps": self.steps,
             "step_size": self.step_size,
             "eot": self.eot,
-            "eot_attacks": list(eot_attacks),
+            "eot_attacks": list(p.eot_attacks),
             "target": self.target,
             "random_start": self.random_start,
         }
 
     def label(self) -> str:
         return params_label(self.name, self.params, self._defaults)
+
+    def check_strength(self, strength: float) -> None:
+        _eps(self.name, strength)
 
     def forward_st(self, x: Tensor, strength: float, *, gen: Gen, cover: Tensor | None = None) -> Tensor:
         raise WmbenchError(f"attack {self.name!r} needs the method it attacks; it is no training distortion")
@@ -239,16 +230,6 @@ class _Pgd(Attack):
         )
 
 
-_PGD_DEFAULTS: dict[str, Any] = {
-    "norm": "linf",
-    "steps": 50,
-    "step_size": 0.05,
-    "eot": 0,
-    "eot_attacks": list(DEFAULT_EOT),
-    "random_start": False,
-}
-
-
 class PgdRemove(_Pgd):
     """White-box removal: PGD from the watermarked image towards a target message that is not the decoded one.
 
@@ -258,8 +239,13 @@ class PgdRemove(_Pgd):
 
     name = "pgd_remove"
     description = "white-box PGD pushing the decoded bits away from the watermark"
-    _targets = ("random", "flip")
-    _defaults = {**_PGD_DEFAULTS, "target": "random"}
+
+    class Params(_Pgd.Params):
+        target: Literal["random", "flip"] = Field(
+            "random", description="a random message, or the decoded bits flipped"
+        )
+
+    _defaults = param_defaults(Params)
 
     def apply(
         self,
@@ -298,8 +284,11 @@ class PgdForge(_Pgd):
     goal = "forgery"
     description = "white-box PGD forgery: a clean cover made to decode as the watermarked image's message"
     needs_cover = True
-    _targets = ("copy",)
-    _defaults = {**_PGD_DEFAULTS, "target": "copy"}
+
+    class Params(_Pgd.Params):
+        target: Literal["copy"] = Field("copy", description="the watermark decoded from the input")
+
+    _defaults = param_defaults(Params)
 
     def apply(
         self,
@@ -343,31 +332,19 @@ class VaeEmbedding(Attack):
     family = "adversarial"
     default_strengths = (2.0, 4.0, 6.0, 8.0)
     strength_range = (0.0, 8.0)
-    _defaults = {
-        "model": LOCAL_ENCODER,
-        "subfolder": None,
-        "norm": "linf",
-        "steps": 200,
-        "step_size": 0.05,
-    }
 
-    def __init__(
-        self,
-        model: str = LOCAL_ENCODER,
-        subfolder: str | None = None,
-        norm: str = "linf",
-        steps: int = 200,
-        step_size: float = 0.05,
-        **params: Any,
-    ) -> None:
+    class Params(PluginParams):
+        model: str = Field(LOCAL_ENCODER, description="regen_local, a hub id or a local folder", **ModelRef)
+        subfolder: str | None = Field(None, max_length=200, description="e.g. vae inside a pipeline repo")
+        norm: Literal["linf", "l2"] = PgdParams.model_fields["norm"]
+        steps: int = Int(200, ge=0, le=10_000, description="PGD iterations (0 = no attack)")
+        step_size: float = PgdParams.model_fields["step_size"]
+
+    _defaults = param_defaults(Params)
+
+    def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        self.params = {
-            "model": str(model),
-            "subfolder": subfolder,
-            "norm": _choice(self.name, "norm", norm, ("linf", "l2")),
-            "steps": _num(self.name, "steps", steps, 0, integer=True),
-            "step_size": _num(self.name, "step_size", step_size, 0, strict=True),
-        }
+        self.params = self.p.model_dump()
         self._encoder: Any = None
 
     def use_modules(self, encoder: Any) -> Self:
@@ -378,6 +355,9 @@ class VaeEmbedding(Attack):
 
     def label(self) -> str:
         return params_label(self.name, self.params, self._defaults)
+
+    def check_strength(self, strength: float) -> None:
+        _eps(self.name, strength)
 
     def _load_encoder(self) -> Any:
         if self.params["model"] != LOCAL_ENCODER:

@@ -12,14 +12,16 @@ from __future__ import annotations
 import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
+from pydantic import Field
 from torch import Tensor
 
 from wmbench.api import Attack, Method, WmbenchError
+from wmbench.params import PluginParams
 from wmbench.rng import Gen
 
 _SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2, 0: 0, 1: 1, 2: 2}
@@ -110,14 +112,15 @@ class Jpeg(Attack):
     default_strengths = (90.0, 70.0, 50.0, 30.0, 10.0)
     strength_range = (90.0, 10.0)  # WAVES: quality 90 -> 10
 
-    def __init__(self, subsampling: str | int = "4:2:0", **params: Any) -> None:
+    class Params(PluginParams):
+        subsampling: Literal["4:4:4", "4:2:2", "4:2:0", 0, 1, 2] = Field(
+            "4:2:0", description="chroma subsampling (PIL's 0, 1, 2 = 4:4:4, 4:2:2, 4:2:0)"
+        )
+
+    def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        if subsampling not in _SUBSAMPLING:
-            raise WmbenchError(
-                f"attack 'jpeg': subsampling {subsampling!r} is not one of '4:4:4', '4:2:2', '4:2:0' (or 0, 1, 2)"
-            )
-        self.subsampling = _SUBSAMPLING[subsampling]
-        self.params = {"subsampling": subsampling}
+        self.subsampling = _SUBSAMPLING[self.p.subsampling]
+        self.params = {"subsampling": self.p.subsampling}
 
     def apply(
         self,

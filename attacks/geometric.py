@@ -6,14 +6,16 @@ Every output is resized or warped back to the input's h w, so a decoder sees the
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, StrictBool
 from torch import Tensor
 
 from wmbench import rng
 from wmbench.api import Attack, Method, WmbenchError
+from wmbench.params import PluginParams
 from wmbench.rng import Gen
 
 
@@ -138,12 +140,16 @@ class Rotation(Attack):
     default_strengths = (5.0, 15.0, 30.0, 45.0)
     strength_range = (0.0, 45.0)  # WAVES: 0 -> 45 degrees
 
-    def __init__(self, fill: str = "black", random_sign: bool = False, **params: Any) -> None:
+    class Params(PluginParams):
+        fill: Literal["black", "reflect", "border"] = Field(
+            "black", description="what fills the uncovered corners"
+        )
+        random_sign: StrictBool = Field(False, description="draw the direction per image")
+
+    def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        if fill not in _FILL:
-            raise WmbenchError(f"attack 'rotation': fill {fill!r} is not one of {sorted(_FILL)}")
-        self.fill, self.random_sign = fill, bool(random_sign)
-        self.params = {"fill": fill, "random_sign": self.random_sign}
+        self.fill, self.random_sign = self.p.fill, self.p.random_sign
+        self.params = {"fill": self.fill, "random_sign": self.random_sign}
 
     def apply(
         self,

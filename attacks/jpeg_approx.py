@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from wmbench.api import Attack, Method, WmbenchError
+from wmbench.params import Int, PluginParams
 from wmbench.rng import Gen
 
 # ITU-R BT.601 full-range RGB <-> YCbCr (the JPEG/JFIF convention), offsets dropped: the DCT masks are linear
@@ -76,14 +77,13 @@ class JpegMask(Attack):
     default_strengths = (5.0,)
     strength_range = (8.0, 1.0)
 
-    def __init__(self, chroma_keep: int = 3, **params: Any) -> None:
+    class Params(PluginParams):
+        chroma_keep: int = Int(3, ge=1, le=8, description="kept chroma DCT coefficients per block side")
+
+    def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        if isinstance(chroma_keep, bool) or not isinstance(chroma_keep, int) or not 1 <= chroma_keep <= 8:
-            raise WmbenchError(
-                f"attack 'jpeg_mask': chroma_keep must be an integer in 1..8, got {chroma_keep!r}"
-            )
-        self.chroma_keep = chroma_keep
-        self.params = {"chroma_keep": chroma_keep} if chroma_keep != 3 else {}
+        self.chroma_keep = self.p.chroma_keep
+        self.params = {"chroma_keep": self.chroma_keep} if self.chroma_keep != 3 else {}
 
     def apply(
         self,

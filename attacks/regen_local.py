@@ -26,14 +26,16 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
 from wmbench.api import Attack, Method, SkipCell, TrainingHooks, WmbenchError, quantize_8bit
 from wmbench.checkpoints import WEIGHTS_PACKAGE, check_agrees, check_init, locate, read_arch
+from wmbench.params import Int, Num, PluginParams, WeightsStem
 from wmbench.rng import Gen
 
 from .regeneration import _pad_to, params_label
@@ -120,33 +122,35 @@ class RegenLocal(TrainingHooks, Attack):
         "relative strengths 0 / 0.5 / 1 (keys psnr, bpp; psnr_r0.5, bpp_r0.5; psnr_r1, bpp_r1)"
     )
 
-    def __init__(
-        self,
-        *,
-        checkpoint: str | None = None,
-        weights: str | None = None,
-        init: str | None = None,
-        seed: int = 0,
-        **rest: Any,
-    ) -> None:
-        arch_given = {k: rest.pop(k) for k in list(rest) if k in ARCH_DEFAULTS}
-        super().__init__(**rest)  # rejects unknown params with their names
+    class Params(PluginParams):
+        checkpoint: str | None = Field(None, min_length=1, description="a codec checkpoint (path)")
+        weights: WeightsStem | None = Field(None, description="a shipped codec's stem (default regen_local)")
+        init: Literal["random"] | None = Field(
+            None, description="random: a seeded random-init net (training)"
+        )
+        seed: int = Int(0, ge=0, le=2**63 - 1, description="seed of the random init")
+        N: int = Int(
+            ARCH_DEFAULTS["N"], ge=1, le=1024, description="architecture: channels of the transforms"
+        )
+        M: int = Int(ARCH_DEFAULTS["M"], ge=1, le=1024, description="architecture: latent channels")
+        max_step: float = Num(
+            ARCH_DEFAULTS["max_step"], ge=1, le=1e6, description="architecture: latent step at strength 1"
+        )
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        p = self.p
+        checkpoint, weights, init = p.checkpoint, p.weights, p.init
+        arch_given = {k: getattr(p, k) for k in ARCH_DEFAULTS if k in p.model_fields_set}
         check_init(f"attack {self.name!r}", init, checkpoint is not None)
-        self.init, self.seed = init, int(seed)
+        self.init, self.seed = init, p.seed
         self.weights_name = weights or self.name
         who = f"attack {self.name!r}"
         self.ckpt_path = locate(who, checkpoint, self.weights_name) if init is None else None
         stored = read_arch(who, self.ckpt_path, ("regen_local",))[1] if self.ckpt_path else {}
         check_agrees(who, arch_given, stored, self.ckpt_path)
         self.arch: dict[str, Any] = {**ARCH_DEFAULTS, **stored, **arch_given}
-        for k in ("N", "M"):
-            v = self.arch[k]
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise WmbenchError(f"attack {self.name!r}: {k} must be a positive integer, got {v!r}")
-        ms = self.arch["max_step"]
-        if isinstance(ms, bool) or not isinstance(ms, int | float) or not math.isfinite(ms) or ms < 1:
-            raise WmbenchError(f"attack {self.name!r}: max_step must be a number >= 1, got {ms!r}")
-        self.arch["max_step"] = float(ms)
+        self.arch["max_step"] = float(self.arch["max_step"])
         self.params: dict[str, Any] = {
             **arch_given,
             **({"checkpoint": checkpoint} if checkpoint is not None else {}),
@@ -225,6 +229,9 @@ class RegenLocal(TrainingHooks, Attack):
         return dict(self.arch)
 
     # ------------------------------------------------------------------------------------------ inference
+    def check_strength(self, strength: float) -> None:
+        self.step(strength)
+
     def step(self, strength: float) -> float:
         """The latent quantisation step Δ of a relative strength r: max_step ** r."""
         if not (isinstance(strength, int | float) and math.isfinite(strength) and 0.0 <= strength <= 1.0):

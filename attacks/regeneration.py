@@ -24,14 +24,16 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self, get_args
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, StrictBool, model_validator
 from torch import Tensor, nn
 
 from wmbench import rng
 from wmbench.api import Attack, Method, SkipCell, WmbenchError
+from wmbench.params import Int, PluginParams, param_defaults
 from wmbench.rng import Gen
 
 INJECTED = "injected"
@@ -45,19 +47,24 @@ COMPRESSAI_MODELS: dict[str, int] = {
     "cheng2020-anchor": 6,
     "cheng2020-attn": 6,
 }
-_METRICS = ("mse", "ms-ssim")
+CompressaiModel = Literal[
+    "bmshj2018-factorized",
+    "bmshj2018-hyperprior",
+    "mbt2018-mean",
+    "mbt2018",
+    "cheng2020-anchor",
+    "cheng2020-attn",
+]
+assert set(get_args(CompressaiModel)) == set(COMPRESSAI_MODELS)
+
+#: bounds of a model reference: a hub id, a local folder or ``builtin``
+ModelRef: dict[str, Any] = {"min_length": 1, "max_length": 4096}
 
 
 def params_label(name: str, params: dict[str, Any], defaults: dict[str, Any]) -> str:
     """``name`` plus the params that differ from their defaults, e.g. ``sd_vae[model=x/y]``."""
     diff = [f"{k}={v}" for k, v in params.items() if k not in defaults or defaults[k] != v]
     return f"{name}[{','.join(diff)}]" if diff else name
-
-
-def _int_param(who: str, key: str, v: Any, lo: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int | float) or int(v) != v or v < lo:
-        raise WmbenchError(f"attack {who!r}: {key} must be an integer >= {lo}, got {v!r}")
-    return int(v)
 
 
 def _integer_strength(who: str, strength: float, lo: int, hi: int, what: str) -> int:
@@ -246,27 +253,36 @@ class CompressAI(_Regen):
     unit = "compressai quality (1 = lowest rate)"
     integer_strength = True
     default_strengths = (1.0, 3.0, 6.0)
-    strength_range = (8.0, 1.0)  # weakest = highest quality
-    _defaults = {"model": "bmshj2018-factorized", "metric": "mse"}
+    #: weakest = highest quality; the cheng2020 models stop at 6 (``max_quality``; ``from_relative`` maps per model)
+    strength_range = (8.0, 1.0)
 
-    def __init__(self, model: str = "bmshj2018-factorized", metric: str = "mse", **params: Any) -> None:
+    class Params(PluginParams):
+        model: CompressaiModel = Field("bmshj2018-factorized", description="CompressAI zoo architecture")
+        metric: Literal["mse", "ms-ssim"] = Field(
+            "mse", description="the distortion the codec was trained for"
+        )
+
+    _defaults = param_defaults(Params)
+
+    def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        if model not in COMPRESSAI_MODELS:
-            raise WmbenchError(
-                f"attack 'compressai': unknown model {model!r}; choose one of {', '.join(COMPRESSAI_MODELS)}"
-            )
-        if metric not in _METRICS:
-            raise WmbenchError(f"attack 'compressai': metric {metric!r} must be one of {_METRICS}")
-        self.params = {"model": model, "metric": metric}
-        self.max_quality = COMPRESSAI_MODELS[model]
-        self.strength_range = (float(self.max_quality), 1.0)
+        self.params = {"model": self.p.model, "metric": self.p.metric}
+        self.max_quality = COMPRESSAI_MODELS[self.p.model]
         self.last_stats: dict[str, Tensor] = {}
 
     def from_relative(self, r: float) -> float:  # type: ignore[override]
-        """Per model: cheng2020 models stop at quality 6."""
+        """Per model (instance ``max_quality``): cheng2020 models stop at quality 6."""
         if not 0.0 <= r <= 1.0:
             raise WmbenchError(f"attack 'compressai': relative strength {r} is outside [0, 1]")
         return float(round((1.0 - r) * self.max_quality + r * 1.0))
+
+    def _quality(self, strength: float) -> int:
+        return _integer_strength(
+            self.name, strength, 1, self.max_quality, f"quality for {self.params['model']}"
+        )
+
+    def check_strength(self, strength: float) -> None:
+        self._quality(strength)
 
     def _net(self, q: int) -> nn.Module:
         if "net" in self._mods:
@@ -308,7 +324,7 @@ class CompressAI(_Regen):
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:
-        q = _integer_strength(self.name, strength, 1, self.max_quality, f"quality for {self.params['model']}")
+        q = self._quality(strength)
         net = self._net(q).to(x.device)
         h, w = x.shape[-2:]
         # the factorized prior downsamples 16x; a hyperprior (h_a) adds two more stride-2 layers (64x)
@@ -353,17 +369,22 @@ class SdVae(_Regen):
     integer_strength = True
     default_strengths = (1.0,)
     strength_range = (1.0, 4.0)
-    _defaults = {"model": "stabilityai/sd-vae-ft-mse", "subfolder": None, "sample": False}
 
-    def __init__(
-        self,
-        model: str = "stabilityai/sd-vae-ft-mse",
-        subfolder: str | None = None,
-        sample: bool = False,
-        **params: Any,
-    ) -> None:
+    class Params(PluginParams):
+        model: str = Field(
+            "stabilityai/sd-vae-ft-mse", description="hub id, local folder or builtin", **ModelRef
+        )
+        subfolder: str | None = Field(None, max_length=200, description="e.g. vae inside a pipeline repo")
+        sample: StrictBool = Field(False, description="decode a posterior draw instead of the mean")
+
+    _defaults = param_defaults(Params)
+
+    def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        self.params = {"model": str(model), "subfolder": subfolder, "sample": bool(sample)}
+        self.params = self.p.model_dump()
+
+    def check_strength(self, strength: float) -> None:
+        _integer_strength(self.name, strength, 0, 64, "round trips")
 
     def _vae(self) -> nn.Module:
         if "vae" not in self._mods:
@@ -379,7 +400,7 @@ class SdVae(_Regen):
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:
-        n = _integer_strength(self.name, strength, 0, 64, "round trips")
+        n = _integer_strength(self.name, strength, 0, 64, "round trips")  # as check_strength
         if n == 0:
             return x
         vae = self._vae().to(x.device)
@@ -460,28 +481,41 @@ class DiffusionRegen(_Regen):
     integer_strength = True
     default_strengths = (60.0, 120.0, 180.0, 240.0)
     strength_range = (0.0, 240.0)  # W-Bench: steps 60..240
-    _defaults = {"model": "stabilityai/stable-diffusion-2-1-base", "vae": None, "rinse": 1, "steps": 50}
 
-    def __init__(
-        self,
-        model: str = "stabilityai/stable-diffusion-2-1-base",
-        vae: str | None = None,
-        rinse: int = 1,
-        steps: int = 50,
-        pipeline: str | None = None,
-        **params: Any,
-    ) -> None:
+    class Params(PluginParams):
+        model: str = Field(
+            "stabilityai/stable-diffusion-2-1-base",
+            description="SD-layout repo id, local folder or builtin",
+            **ModelRef,
+        )
+        vae: str | None = Field(
+            None, description="an AutoencoderKL to use instead of the model's vae/", **ModelRef
+        )
+        rinse: int = Int(1, ge=1, le=100, description="full regenerations in a row")
+        steps: int = Int(50, ge=1, le=1000, description="DDIM steps over the whole 1000-step schedule")
+        pipeline: str | None = Field(None, description="older name of model", **ModelRef)
+
+        @model_validator(mode="after")
+        def _pipeline_is_model(self) -> Self:
+            if self.pipeline is not None:
+                if "model" in self.model_fields_set and self.model != self.pipeline:
+                    raise ValueError("give model or its older name pipeline, not both")
+                self.model, self.pipeline = self.pipeline, None
+            return self
+
+    _defaults = param_defaults(Params, exclude=("pipeline",))
+
+    def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        if pipeline is not None:
-            if model != self._defaults["model"] and model != pipeline:
-                raise WmbenchError(f"attack {self.name!r}: give model or its older name pipeline, not both")
-            model = pipeline
-        self.params = {
-            "model": str(model),
-            "vae": None if vae is None else str(vae),
-            "rinse": _int_param(self.name, "rinse", rinse, 1),
-            "steps": _int_param(self.name, "steps", steps, 1),
-        }
+        self.params = self.p.model_dump(exclude={"pipeline"})
+
+    def _noise_step(self, strength: float) -> int:
+        sched = self._mods.get("scheduler")
+        T = int(sched.config.num_train_timesteps) if sched is not None else 1000
+        return _integer_strength(self.name, strength, 0, T - 1, "noise step")
+
+    def check_strength(self, strength: float) -> None:
+        self._noise_step(strength)
 
     def _vae_source(self) -> tuple[str, str | None]:
         """(model id/folder, subfolder) of the VAE: ``vae`` if given, the shipped VAE for builtin, else vae/."""
@@ -557,9 +591,7 @@ class DiffusionRegen(_Regen):
         method: Method | None = None,
         cover: Tensor | None = None,
     ) -> Tensor:
-        sched = self._mods.get("scheduler")
-        T = int(sched.config.num_train_timesteps) if sched is not None else 1000
-        t = _integer_strength(self.name, strength, 0, T - 1, "noise step")
+        t = self._noise_step(strength)
         self._load()
         sched = self._mods["scheduler"]
         vae = self._mods["vae"].to(x.device)

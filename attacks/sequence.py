@@ -10,43 +10,36 @@ default strengths, range and rounding.  With every strength fixed, the unit is "
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
+from pydantic import Field
 from torch import Tensor
 
 from wmbench.api import Attack, Method, WmbenchError
+from wmbench.params import Num, PluginParams
 from wmbench.registry import attacks
 from wmbench.rng import Gen
 
-_STEP_KEYS = {"name", "strength", "params"}
+
+class Step(PluginParams):
+    """One step of the chain; the one without ``strength`` takes the cell's."""
+
+    name: str = Field(min_length=1, max_length=100, description="a registered attack")
+    strength: float | None = Num(None, description="fixed strength (absent: the swept step)")
+    params: dict[str, Any] = Field(default_factory=dict, description="the attack's params")
 
 
-def _build_step(j: int, step: Any) -> tuple[Attack, float | None]:
-    where = f"attack 'sequence': steps[{j}]"
-    if not isinstance(step, Mapping):
-        raise WmbenchError(f"{where}: expected a mapping {{name, strength?, params?}}, got {step!r}")
-    extra = set(step) - _STEP_KEYS
-    if extra:
-        raise WmbenchError(f"{where}: unknown keys {sorted(extra)}; a step takes name, strength, params")
-    name = step.get("name")
-    if not isinstance(name, str) or not name:
-        raise WmbenchError(f"{where}: 'name' is missing")
-    if name == "sequence":
+def _build_step(j: int, step: Step) -> tuple[Attack, float | None]:
+    where = f"attack 'sequence': params.steps[{j}]"
+    if step.name == "sequence":
         raise WmbenchError(f"{where}: a sequence cannot contain a sequence; list its steps here instead")
-    params = step.get("params") or {}
-    if not isinstance(params, Mapping):
-        raise WmbenchError(f"{where}.params: expected a mapping, got {params!r}")
+    if step.name not in attacks():
+        raise WmbenchError(f"{where}.name: {attacks().unknown_message(step.name)}")
     try:
-        atk = attacks().get(name)(**params)
+        atk = attacks().get(step.name)(**step.params)
     except WmbenchError as e:
         raise WmbenchError(f"{where}: {e}") from None
-    except TypeError as e:
-        raise WmbenchError(f"{where}.params: {e}") from None
-    s = step.get("strength")
-    if s is not None and (isinstance(s, bool) or not isinstance(s, int | float)):
-        raise WmbenchError(f"{where}.strength: expected a number, got {s!r}")
-    return atk, None if s is None else float(s)
+    return atk, step.strength
 
 
 def _fmt(atk: Attack, s: float) -> str:
@@ -62,12 +55,12 @@ class Sequence(Attack):
     default_strengths = (1.0,)
     strength_range = (1.0, 1.0)
 
-    def __init__(self, steps: list[Mapping[str, Any]] | None = None, **params: Any) -> None:
+    class Params(PluginParams):
+        steps: list[Step] = Field(min_length=1, max_length=64, description="the attacks, in order")
+
+    def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        if not steps or isinstance(steps, str | Mapping):
-            raise WmbenchError(
-                "attack 'sequence': 'steps' must be a non-empty list of {name, strength?, params?}"
-            )
+        steps: list[Step] = self.p.steps
         built = [_build_step(j, s) for j, s in enumerate(steps)]
         free = [j for j, (_, s) in enumerate(built) if s is None]
         if len(free) > 1:
@@ -77,7 +70,7 @@ class Sequence(Attack):
             )
         self.steps: list[tuple[Attack, float | None]] = built
         self.free: int | None = free[0] if free else None
-        self.params = {"steps": [dict(s) for s in steps]}
+        self.params = {"steps": [s.model_dump(exclude_unset=True) for s in steps]}
         atks = [a for a, _ in built]
         self.differentiable = all(a.differentiable for a in atks)
         self.needs_cover = any(a.needs_cover for a in atks)
@@ -99,6 +92,10 @@ class Sequence(Attack):
         if self.free is None:
             return 1.0
         return self.steps[self.free][0].from_relative(r)
+
+    def check_strength(self, strength: float) -> None:
+        for atk, s in self._strengths(strength):
+            atk.check_strength(s)
 
     def _strengths(self, strength: float) -> list[tuple[Attack, float]]:
         return [(a, strength if s is None else s) for a, s in self.steps]

@@ -34,17 +34,19 @@ import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, StrictBool
 from torch import Tensor, nn
 
 from wmbench.api import Attack, Method, SkipCell, TrainingHooks, WmbenchError, quantize_8bit
 from wmbench.checkpoints import WEIGHTS_PACKAGE, check_init, read_metadata, shipped
+from wmbench.params import Int, WeightsStem, param_defaults
 from wmbench.rng import Gen
 
-from .adversarial import _choice, _eps, _num, pgd
+from .adversarial import PgdParams, _eps, pgd
 from .regeneration import params_label
 
 NAME = "surrogate_transfer"
@@ -127,39 +129,35 @@ class SurrogateTransfer(TrainingHooks, Attack):
         "surrogate classifier on eval tiles and their copies watermarked by the target (seeded random messages, "
         "8-bit): accuracy at logit 0 (acc, acc_clean, acc_wm), ROC AUC, mean logits"
     )
-    _attack_defaults: ClassVar[dict[str, Any]] = {
-        "norm": "linf",
-        "steps": 50,
-        "step_size": 0.05,
-        "random_start": False,
-    }
+    _attack_defaults: ClassVar[dict[str, Any]] = param_defaults(PgdParams)
 
-    def __init__(
-        self,
-        *,
-        checkpoint: str | None = None,
-        weights: str | None = None,
-        target: str | None = None,
-        target_params: dict[str, Any] | None = None,
-        norm: str = "linf",
-        steps: int = 50,
-        step_size: float = 0.05,
-        random_start: bool = False,
-        init: str | None = None,
-        seed: int = 0,
-        pool_size: int = 512,
-        **rest: Any,
-    ) -> None:
-        arch_given = {k: rest.pop(k) for k in list(rest) if k in ARCH_DEFAULTS}
-        super().__init__(**rest)  # rejects unknown params with their names
-        who = self.name
+    class Params(PgdParams):
+        checkpoint: str | None = Field(None, min_length=1, description="a surrogate checkpoint (path)")
+        weights: WeightsStem | None = Field(None, description="a shipped surrogate's stem")
+        target: str | None = Field(
+            None, description="the method whose surrogate to use (default: the attacked one)"
+        )
+        target_params: dict[str, Any] | None = Field(None, description="the target's params (training only)")
+        init: Literal["random"] | None = Field(
+            None, description="random: a seeded random-init net (training)"
+        )
+        seed: int = Int(0, ge=0, le=2**63 - 1, description="seed of the random init")
+        pool_size: int = Int(512, ge=1, le=1_000_000, description="training: images in the replay pool")
+        width: int = Int(ARCH_DEFAULTS["width"], ge=1, le=1024, description="architecture: channels")
+        depth: int = Int(ARCH_DEFAULTS["depth"], ge=2, le=64, description="architecture: conv layers")
+        highpass: StrictBool = Field(ARCH_DEFAULTS["highpass"], description="architecture: high-pass input")
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        p, who = self.p, self.name
+        checkpoint, weights, target, target_params = p.checkpoint, p.weights, p.target, p.target_params
+        init = p.init
+        arch_given = {k: getattr(p, k) for k in ARCH_DEFAULTS if k in p.model_fields_set}
         check_init(
             f"attack {who!r}", init, checkpoint is not None or weights is not None, "a checkpoint/weights"
         )
         if checkpoint is not None and weights is not None:
             raise WmbenchError(f"attack {who!r}: give either checkpoint or weights, not both")
-        if target_params is not None and not isinstance(target_params, dict):
-            raise WmbenchError(f"attack {who!r}: target_params must be a mapping, got {target_params!r}")
         if target is not None:
             from wmbench.registry import methods
 
@@ -169,12 +167,9 @@ class SurrogateTransfer(TrainingHooks, Attack):
             raise WmbenchError(
                 f"attack {who!r}: training (init: random) needs params.target, the method to mimic"
             )
-        self.init, self.seed = init, int(seed)
-        self.pool_size = _num(who, "pool_size", pool_size, 1, integer=True)
-        self.norm = _choice(who, "norm", norm, ("linf", "l2"))
-        self.steps = _num(who, "steps", steps, 0, integer=True)
-        self.step_size = _num(who, "step_size", step_size, 0, strict=True)
-        self.random_start = bool(random_start)
+        self.init, self.seed, self.pool_size = init, p.seed, p.pool_size
+        self.norm, self.steps, self.step_size = p.norm, p.steps, p.step_size
+        self.random_start = p.random_start
         self.target, self.target_params = target, dict(target_params or {})
         self.ckpt_path: Path | None = None
         stored: dict[str, Any] = {}
@@ -204,16 +199,6 @@ class SurrogateTransfer(TrainingHooks, Attack):
                 )
         self.arch: dict[str, Any] = {**ARCH_DEFAULTS, **{k: stored[k] for k in ARCH_DEFAULTS if k in stored}}
         self.arch.update(arch_given)
-        for k in ("width", "depth"):
-            v = self.arch[k]
-            if isinstance(v, bool) or not isinstance(v, int) or v < (2 if k == "depth" else 1):
-                raise WmbenchError(
-                    f"attack {who!r}: {k} must be an integer >= {2 if k == 'depth' else 1}, got {v!r}"
-                )
-        if not isinstance(self.arch["highpass"], bool):
-            raise WmbenchError(
-                f"attack {who!r}: highpass must be true or false, got {self.arch['highpass']!r}"
-            )
         if stored:
             self.target, self.target_params = stored.get("target"), dict(stored.get("target_params") or {})
         self.params: dict[str, Any] = {
@@ -243,6 +228,9 @@ class SurrogateTransfer(TrainingHooks, Attack):
 
     def label(self) -> str:
         return params_label(self.name, self.params, self._attack_defaults)
+
+    def check_strength(self, strength: float) -> None:
+        _eps(self.name, strength)
 
     # ------------------------------------------------------------------------------------------ weights
     def _build(self, path: Path | None) -> Surrogate:

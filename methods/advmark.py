@@ -24,19 +24,20 @@ even I₁ is under the floor, its residual is scaled down until the floor holds,
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, StrictBool
 from torch import Tensor
 
 from wmbench import rng
 from wmbench.api import WmbenchError, quantize_8bit
+from wmbench.params import Int, Num
 from wmbench.quality import psnr_per_image, scale_to_psnr
 
-from .hidden import Hidden
+from .hidden import Hidden, NoDiscriminatorParams
 
 DEFAULT_STAGE2_NOISE: tuple[dict[str, Any], ...] = (
     {"name": "identity"},
@@ -50,7 +51,6 @@ DEFAULT_STAGE2_NOISE: tuple[dict[str, Any], ...] = (
 
 #: what the stage-1 decoder condition measures on each batch: ``clean`` bit accuracy of the watermarked images, or
 #: ``adversarial`` bit accuracy after the loop's own PGD removal (what the encoder has not yet made robust)
-DEC_CONDITIONS = ("clean", "adversarial")
 
 
 def decoder_update_due(condition: str, threshold: float, clean_acc: float, adv_acc: float) -> bool:
@@ -82,42 +82,34 @@ class AdvMark(Hidden):
     #: checkpoints stage 1 may start from (``model.init_from``)
     accepts_checkpoints: ClassVar[tuple[str, ...]] = ("advmark", "hidden")
 
-    def __init__(
-        self,
-        *,
-        adv_eps: float = 4.0,
-        adv_steps: int = 5,
-        adv_step_size: float = 0.5,
-        dec_update_below: float = 0.99,
-        dec_condition: str = "clean",
-        stage2: bool = True,
-        steps: int = 50,
-        lr: float = 2e-3,
-        mu: float = 0.5,
-        noise: list[dict[str, Any]] | None = None,
-        psnr_floor: float = 35.0,
-        **rest: Any,
-    ) -> None:
-        if rest.get("discriminator"):
-            raise WmbenchError("method 'advmark': discriminator is not supported")
-        rest.pop("discriminator", None)
-        super().__init__(**rest)
-        self.adv_eps = self._num("adv_eps", adv_eps, 0.0)
-        self.adv_steps = int(self._num("adv_steps", adv_steps, 1.0, integer=True))
-        self.adv_step_size = self._num("adv_step_size", adv_step_size, 0.0, strict=True)
-        self.dec_update_below = self._num("dec_update_below", dec_update_below, 0.0)
-        if dec_condition not in DEC_CONDITIONS:
-            raise WmbenchError(
-                f"method 'advmark': dec_condition {dec_condition!r} must be one of {DEC_CONDITIONS}"
-            )
-        self.dec_condition = str(dec_condition)
-        self.stage2 = bool(stage2)
-        self.opt_steps = int(self._num("steps", steps, 0.0, integer=True))
-        self.opt_lr = self._num("lr", lr, 0.0, strict=True)
-        self.mu = self._num("mu", mu, 0.0)
-        if self.mu > 1:
-            raise WmbenchError(f"method 'advmark': mu must be in [0, 1], got {mu!r}")
-        self.psnr_floor = self._num("psnr_floor", psnr_floor, 0.0)
+    class Params(NoDiscriminatorParams):
+        adv_eps: float = Num(4.0, ge=0, le=255, description="stage 1: PGD ε (1/255)")
+        adv_steps: int = Int(5, ge=1, le=1000, description="stage 1: PGD steps")
+        adv_step_size: float = Num(0.5, gt=0, le=10, description="stage 1: PGD step, fraction of ε")
+        dec_update_below: float = Num(
+            0.99, ge=0, le=2, description="stage 1: update the decoder below this (> 1: always)"
+        )
+        dec_condition: Literal["clean", "adversarial"] = Field(
+            "clean", description="stage 1: which bit accuracy dec_update_below reads"
+        )
+        stage2: StrictBool = Field(True, description="per-image optimisation at embedding")
+        steps: int = Int(50, ge=0, le=10_000, description="stage 2: Adam steps on pixels")
+        lr: float = Num(2e-3, gt=0, le=1, description="stage 2: Adam learning rate")
+        mu: float = Num(0.5, ge=0, le=1, description="stage 2: weight of the distorted-image loss")
+        noise: list[dict[str, Any]] | None = Field(
+            None,
+            max_length=64,
+            description="stage 2: distortions, {name, strength[, params]} (null = default)",
+        )
+        psnr_floor: float = Num(35.0, ge=0, le=100, description="stage 2: PSNR floor (dB)")
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        p = self.p
+        self.adv_eps, self.adv_steps, self.adv_step_size = p.adv_eps, p.adv_steps, p.adv_step_size
+        self.dec_update_below, self.dec_condition, self.stage2 = p.dec_update_below, p.dec_condition, p.stage2
+        self.opt_steps, self.opt_lr, self.mu, self.psnr_floor = p.steps, p.lr, p.mu, p.psnr_floor
+        noise = p.noise
         self.noise_spec = [dict(n) for n in (noise if noise is not None else DEFAULT_STAGE2_NOISE)]
         self._layers: list[tuple[Any, float]] | None = None
         self.noise_notes: list[str] = []
@@ -137,16 +129,6 @@ class AdvMark(Hidden):
                 ),
             }
         )
-
-    def _num(self, key: str, v: Any, lo: float, integer: bool = False, strict: bool = False) -> float:
-        bad = isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
-        bad = bad or (v <= lo if strict else v < lo) or (integer and int(v) != v)
-        if bad:
-            kind = "an integer" if integer else "a number"
-            raise WmbenchError(
-                f"method 'advmark': {key} must be {kind} {'>' if strict else '>='} {lo}, got {v!r}"
-            )
-        return float(v)
 
     @classmethod
     def tiny_params(cls) -> dict[str, Any]:

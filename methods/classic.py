@@ -15,16 +15,17 @@ same decision boundaries — and average over the bit's blocks.  Logits lie in [
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import cv2
 import numpy as np
 import pywt
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from wmbench.api import Method, WmbenchError
+from wmbench.params import Int, PluginParams
 
 #: an embedded image whose own read-back gets fewer bits right than this counts as "watermark did not take"
 READBACK_MIN_ACC = 0.75
@@ -32,13 +33,6 @@ READBACK_MIN_ACC = 0.75
 
 class WatermarkFailureWarning(UserWarning):
     """A watermark could not be embedded or read on some image; the batch went on (see docs/baselines.md)."""
-
-
-def reject_unknown(name: str, unknown: dict[str, Any], known: Sequence[str]) -> None:
-    """Raise a WmbenchError naming the unknown suite params and the accepted ones."""
-    if unknown:
-        ok = ", ".join(known) if known else "none"
-        raise WmbenchError(f"method {name!r}: unknown params {sorted(unknown)}; accepted params: {ok}")
 
 
 def check_batch(name: str, x: Tensor, msg: Tensor | None, nbits: int) -> None:
@@ -74,6 +68,10 @@ class WarnOnce:
             warnings.warn(text, WatermarkFailureWarning, stacklevel=3)
 
 
+#: one entry of ``scales``: a finite quantisation step ≥ 0
+Scale = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
+
+
 class _InvisibleWatermarkDwt(WarnOnce, Method):
     """Shared wrapper of the package's DWT-domain methods; subclasses name the package class and the statistic.
 
@@ -86,31 +84,27 @@ class _InvisibleWatermarkDwt(WarnOnce, Method):
     package_method: ClassVar[str] = ""
     default_scales: ClassVar[tuple[float, float, float]] = (0.0, 36.0, 0.0)
 
-    def __init__(
-        self, *, nbits: int = 32, scales: Sequence[float] | None = None, block: int = 4, **unknown: Any
-    ) -> None:
-        reject_unknown(self.name, unknown, ("nbits", "scales", "block"))
-        if isinstance(nbits, bool) or not isinstance(nbits, int) or nbits < 1:
-            raise WmbenchError(f"method {self.name!r}: nbits must be an integer ≥ 1, got {nbits!r}")
-        sc = list(self.default_scales if scales is None else scales)
-        if len(sc) != 3 or not all(
-            isinstance(s, int | float) and not isinstance(s, bool) and s >= 0 for s in sc
-        ):
-            raise WmbenchError(
-                f"method {self.name!r}: scales must be 3 numbers ≥ 0 ([Y, U, V]), got {scales!r}"
-            )
+    class Params(PluginParams):
+        nbits: int = Int(32, ge=1, le=4096, description="payload length (bit i goes to blocks ≡ i mod nbits)")
+        scales: list[Scale] | None = Field(
+            None,
+            min_length=3,
+            max_length=3,
+            description="[Y, U, V] quantisation steps (V unused); null = default",
+        )
+        block: int = Int(4, ge=2, le=256, multiple_of=2, description="block side in the DWT band (even)")
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        sc = list(self.default_scales if self.p.scales is None else self.p.scales)
         if sc[0] <= 0 and sc[1] <= 0:
             raise WmbenchError(
-                f"method {self.name!r}: scales {sc} embed nothing — invisible-watermark only uses the Y and U "
-                "entries (the first two); make one of them > 0"
+                f"method {self.name!r}: params.scales: {sc} embed nothing — invisible-watermark only uses the Y "
+                "and U entries (the first two); make one of them > 0"
             )
-        if isinstance(block, bool) or not isinstance(block, int) or block < 2 or block % 2:
-            raise WmbenchError(f"method {self.name!r}: block must be an even integer ≥ 2, got {block!r}")
-        self.nbits = nbits
+        self.nbits, self.block = self.p.nbits, self.p.block
         self.scales = [float(s) for s in sc]
-        self.block = block
-        self.params: dict[str, Any] = {"nbits": nbits, "scales": self.scales, "block": block}
-        self.device = torch.device("cpu")
+        self.params = {"nbits": self.nbits, "scales": self.scales, "block": self.block}
 
     # -- the package's encoder ---------------------------------------------------------------------------------
     def _encoder(self, bits: list[int]) -> Any:

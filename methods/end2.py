@@ -21,17 +21,17 @@ feature map (``dec_channels × q × q``).  Evaluation averages teacher and stude
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
 from wmbench.api import WmbenchError
+from wmbench.params import Int, Num
 
-from .hidden import Decoder, Hidden
-
-DECODE_MODES = ("mean", "teacher", "student")
+from .hidden import Decoder, Hidden, NoDiscriminatorParams
 
 
 def _quantize_st(y: Tensor) -> Tensor:
@@ -55,27 +55,17 @@ class End2(Hidden):
     _state_attrs: ClassVar[tuple[str, ...]] = ("enc", "dec", "dec_s")
     accepts_checkpoints: ClassVar[tuple[str, ...]] = ("end2",)
 
-    def __init__(
-        self,
-        *,
-        decode: str = "mean",
-        swap_every: int = 1,
-        momentum: float = 0.999,
-        discriminator: bool = False,
-        **rest: Any,
-    ) -> None:
-        if discriminator:
-            raise WmbenchError("method 'end2': discriminator is not supported (END² trains without one)")
-        super().__init__(**rest)
-        if decode not in DECODE_MODES:
-            raise WmbenchError(f"method 'end2': decode must be one of {DECODE_MODES}, got {decode!r}")
-        if isinstance(swap_every, bool) or not isinstance(swap_every, int) or swap_every < 0:
-            raise WmbenchError(
-                f"method 'end2': swap_every must be an integer >= 0 (0 = never), got {swap_every!r}"
-            )
-        if not 0.0 <= float(momentum) <= 1.0:
-            raise WmbenchError(f"method 'end2': momentum must be in [0, 1], got {momentum!r}")
-        self.decode_mode, self.swap_every, self.momentum = decode, swap_every, float(momentum)
+    class Params(NoDiscriminatorParams):
+        decode: Literal["mean", "teacher", "student"] = Field(
+            "mean", description="which decoder(s) read the bits"
+        )
+        swap_every: int = Int(1, ge=0, le=1_000_000, description="training: swap teacher/student (0 = never)")
+        momentum: float = Num(0.999, ge=0, le=1, description="training: the student's EMA momentum")
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        decode, swap_every, momentum = self.p.decode, self.p.swap_every, self.p.momentum
+        self.decode_mode, self.swap_every, self.momentum = decode, swap_every, momentum
         self.params.update(
             {
                 **({"decode": decode} if decode != "mean" else {}),

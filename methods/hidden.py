@@ -25,17 +25,19 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, StrictBool, field_validator
 from torch import Tensor, nn
 
 from wmbench.api import SkipCell, TrainableMethod, TrainingHooks, WmbenchError
 from wmbench.checkpoints import WEIGHTS_PACKAGE, check_agrees, check_init, locate, read_arch
+from wmbench.params import Int, Num, PluginParams, WeightsStem
 from wmbench.quality import scale_to_psnr
 
-from .classic import check_batch, reject_unknown
+from .classic import check_batch
 from .periodic_sync import synced_logits
 
 #: architecture params (stored in the checkpoint's metadata) and their defaults
@@ -51,7 +53,6 @@ ARCH_DEFAULTS: dict[str, Any] = {
     "dec_channels": 32,
     "work_size": None,
 }
-MESSAGE_MODES = ("tiled", "broadcast")
 #: architecture params that only change how the nets are applied (a suite may set them over a checkpoint's)
 INFERENCE_ARCH = ("work_size",)
 #: ``psnr_target`` may strengthen a residual at most this much (+12 dB of range) before giving up on the target
@@ -194,53 +195,46 @@ class Hidden(TrainingHooks, TrainableMethod):
     #: models whose checkpoints this method loads (their ``encoder.`` / ``decoder.`` tensors)
     accepts_checkpoints: ClassVar[tuple[str, ...]] = ("hidden",)
 
-    def __init__(
-        self,
-        *,
-        checkpoint: str | None = None,
-        weights: str | None = None,
-        init: str | None = None,
-        seed: int = 0,
-        strength: float = 1.0,
-        psnr_target: float | None = None,
-        sync: bool = False,
-        discriminator: bool = False,
-        **rest: Any,
-    ) -> None:
-        arch_given = {k: rest.pop(k) for k in list(rest) if k in ARCH_DEFAULTS}
-        reject_unknown(
-            self.name,
-            rest,
-            (
-                *ARCH_DEFAULTS,
-                "checkpoint",
-                "weights",
-                "init",
-                "seed",
-                "strength",
-                "psnr_target",
-                "sync",
-                "discriminator",
-            ),
+    class Params(PluginParams):
+        nbits: int = Int(ARCH_DEFAULTS["nbits"], ge=1, le=4096, description="architecture: payload bits")
+        width: int = Int(ARCH_DEFAULTS["width"], ge=1, le=1024, description="architecture: channels")
+        enc_depth: int = Int(
+            ARCH_DEFAULTS["enc_depth"], ge=1, le=64, description="architecture: encoder blocks"
         )
+        dec_depth: int = Int(
+            ARCH_DEFAULTS["dec_depth"], ge=1, le=64, description="architecture: decoder blocks"
+        )
+        message: Literal["tiled", "broadcast"] = Field(
+            ARCH_DEFAULTS["message"], description="architecture: the message path"
+        )
+        period: int = Int(ARCH_DEFAULTS["period"], ge=1, le=1024, description="architecture: tile period")
+        map_channels: int = Int(ARCH_DEFAULTS["map_channels"], ge=1, le=1024, description="architecture")
+        dec_downsample: int = Int(ARCH_DEFAULTS["dec_downsample"], ge=0, le=16, description="architecture")
+        dec_channels: int = Int(ARCH_DEFAULTS["dec_channels"], ge=1, le=1024, description="architecture")
+        work_size: int | None = Int(None, ge=8, le=4096, description="embed at a fixed working size")
+        checkpoint: str | None = Field(
+            None, min_length=1, description="a checkpoint written by wmbench train"
+        )
+        weights: WeightsStem | None = Field(
+            None, description="a shipped file's stem (default: the method's name)"
+        )
+        init: Literal["random"] | None = Field(None, description="random: a seeded random-init net (tests)")
+        seed: int = Int(0, ge=0, le=2**63 - 1, description="seed of the random init")
+        strength: float = Num(1.0, gt=0, le=100, description="residual scale at embedding (1 = as trained)")
+        psnr_target: float | None = Num(
+            None, ge=10, le=80, description="dB: scale each residual to this PSNR"
+        )
+        sync: StrictBool = Field(False, description="re-align zoom and phase before decoding")
+        discriminator: StrictBool = Field(False, description="train with an adversary")
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        p = self.p
+        checkpoint, weights, init = p.checkpoint, p.weights, p.init
+        arch_given = {k: getattr(p, k) for k in ARCH_DEFAULTS if k in p.model_fields_set}
         check_init(f"method {self.name!r}", init, checkpoint is not None)
-        self.device = torch.device("cpu")
-        self.init, self.seed, self.strength = init, int(seed), float(strength)
-        if psnr_target is not None and (
-            isinstance(psnr_target, bool) or not isinstance(psnr_target, int | float)
-        ):
-            raise WmbenchError(
-                f"method {self.name!r}: psnr_target must be a number of dB or null, got {psnr_target!r}"
-            )
-        if psnr_target is not None and not 10.0 <= float(psnr_target) <= 80.0:
-            raise WmbenchError(
-                f"method {self.name!r}: psnr_target must lie in [10, 80] dB, got {psnr_target}"
-            )
-        self.psnr_target = None if psnr_target is None else float(psnr_target)
-        if not isinstance(sync, bool):
-            raise WmbenchError(f"method {self.name!r}: sync must be true or false, got {sync!r}")
-        self.sync = sync
-        self.use_disc = bool(discriminator)
+        self.init, self.seed, self.strength = init, p.seed, p.strength
+        self.psnr_target, self.sync, self.use_disc = p.psnr_target, p.sync, p.discriminator
         weights = weights or self.name
         self.weights_name = weights
         who = f"method {self.name!r}"
@@ -267,16 +261,10 @@ class Hidden(TrainingHooks, TrainableMethod):
         self._train: dict[str, Any] | None = None
 
     def _check_arch(self) -> None:
+        """What no single param can say: how the architecture's values fit together."""
         a = self.arch
-        for k in ("nbits", "width", "enc_depth", "dec_depth", "period", "map_channels", "dec_channels"):
-            if isinstance(a[k], bool) or not isinstance(a[k], int) or a[k] < 1:
-                raise WmbenchError(f"method {self.name!r}: {k} must be a positive integer, got {a[k]!r}")
-        if a["message"] not in MESSAGE_MODES:
-            raise WmbenchError(
-                f"method {self.name!r}: message must be one of {MESSAGE_MODES}, got {a['message']!r}"
-            )
         ds = a["dec_downsample"]
-        if isinstance(ds, bool) or not isinstance(ds, int) or not 0 <= ds <= a["dec_depth"]:
+        if not 0 <= ds <= a["dec_depth"]:
             raise WmbenchError(
                 f"method {self.name!r}: dec_downsample must be an integer in [0, dec_depth], got {ds!r}"
             )
@@ -289,11 +277,6 @@ class Hidden(TrainingHooks, TrainableMethod):
                 f"method {self.name!r}: sync re-aligns a tiled message map at the image's own scale; it needs "
                 f"message: tiled and work_size: null (got message {a['message']!r}, work_size {a['work_size']!r})"
             )
-        ws = a["work_size"]
-        if ws is not None and (isinstance(ws, bool) or not isinstance(ws, int) or ws < 8):
-            raise WmbenchError(f"method {self.name!r}: work_size must be null or an integer >= 8, got {ws!r}")
-        if not self.strength > 0:
-            raise WmbenchError(f"method {self.name!r}: strength must be > 0, got {self.strength}")
 
     @classmethod
     def tiny_params(cls) -> dict[str, Any]:
@@ -495,3 +478,14 @@ class Hidden(TrainingHooks, TrainableMethod):
                 psnr=float(-10 * torch.log10(mse)),
             )
         return out
+
+
+class NoDiscriminatorParams(Hidden.Params):
+    """``hidden``'s params for a method that trains without HiDDeN's adversary (end2, advmark)."""
+
+    @field_validator("discriminator")
+    @classmethod
+    def _unsupported(cls, v: bool) -> bool:
+        if v:
+            raise ValueError("not supported by this method (it trains without a discriminator)")
+        return v

@@ -52,21 +52,22 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
 from wmbench import rng
 from wmbench.api import Attack, Method, SkipCell, TrainableMethod, TrainingHooks, WmbenchError
 from wmbench.checkpoints import check_init, read_metadata
+from wmbench.params import Int, Num, PluginParams, WeightsStem
 
-from .classic import check_batch, reject_unknown
-from .hidden import ARCH_DEFAULTS, MESSAGE_MODES, WEIGHTS_PACKAGE, Decoder, _resize
+from .classic import check_batch
+from .hidden import ARCH_DEFAULTS, WEIGHTS_PACKAGE, Decoder, Hidden, _resize
 
 #: architecture keys the decoder uses (a subset of ``hidden``'s; encoder keys in a checkpoint are ignored)
 DEC_ARCH = ("nbits", "width", "dec_depth", "message", "period", "dec_downsample", "dec_channels", "work_size")
@@ -74,7 +75,6 @@ DEC_ARCH = ("nbits", "width", "dec_depth", "message", "period", "dec_downsample"
 LOADABLE = ("ismark", "hidden", "end2")
 #: decoders named by ``decoder`` that wrap another registered method
 WRAPPED = ("hidden", "end2")
-MESSAGE_LOSSES = ("mse", "bce")
 
 #: the paper's noise set (crop, resize, Gaussian noise, Gaussian blur, median blur, salt & pepper, JPEG, plus
 #: identity) in this harness's canonical units; strengths follow the paper's Table 1 where our attacks match
@@ -189,20 +189,6 @@ def _psnr(a: Tensor, b: Tensor) -> Tensor:
     return torch.where(mse > 0, -10 * torch.log10(mse.clamp_min(1e-12)), torch.full_like(mse, 100.0))
 
 
-def _pos_int(name: str, v: Any, lo: int = 1) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise _err(f"{name} must be an integer >= {lo}, got {v!r}")
-    return v
-
-
-def _pos_float(name: str, v: Any, allow_zero: bool = False) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-        raise _err(f"{name} must be a number, got {v!r}")
-    if v < 0 or (v == 0 and not allow_zero):
-        raise _err(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
-    return float(v)
-
-
 class ISMark(TrainingHooks, TrainableMethod):
     """ISMark: OPT embedding over a differentiable decoder, and decoder enhancing (module docstring).
 
@@ -226,77 +212,57 @@ class ISMark(TrainingHooks, TrainableMethod):
     loss_weights: ClassVar[dict[str, float]] = {"message": 1.0}
     train_stats: ClassVar[tuple[str, ...]] = ("psnr",)
 
-    def __init__(
-        self,
-        *,
-        decoder: str | None = None,
-        decoder_params: dict[str, Any] | None = None,
-        steps: int = 200,
-        lr: float = 5e-4,
-        lambda_e: float = 1.0,
-        lambda_d: float = 2.0,
-        noise: list[Any] | None = None,
-        noise_per_step: int | None = None,
-        psnr_floor: float | None = None,
-        message_loss: str = "mse",
-        seed: int = 0,
-        checkpoint: str | None = None,
-        weights: str | None = None,
-        init: str | None = None,
-        train_opt_steps: int = 30,
-        sub_iters: int = 80,
-        **rest: Any,
-    ) -> None:
-        arch_given = {k: rest.pop(k) for k in list(rest) if k in DEC_ARCH}
-        reject_unknown(
-            self.name,
-            rest,
-            (
-                "decoder",
-                "decoder_params",
-                "steps",
-                "lr",
-                "lambda_e",
-                "lambda_d",
-                "noise",
-                "noise_per_step",
-                "psnr_floor",
-                "message_loss",
-                "seed",
-                "checkpoint",
-                "weights",
-                "init",
-                "train_opt_steps",
-                "sub_iters",
-                *DEC_ARCH,
-            ),
+    class Params(PluginParams):
+        decoder: str | None = Field(None, description="ismark, hidden or end2 (default: ismark if shipped)")
+        decoder_params: dict[str, Any] | None = Field(None, description="params of a wrapped decoder")
+        steps: int = Int(200, ge=1, le=100_000, description="OPT steps per image (k)")
+        lr: float = Num(5e-4, gt=0, le=1, description="OPT learning rate ([0,1] pixel units)")
+        lambda_e: float = Num(1.0, ge=0, le=1e6, description="weight of the image loss")
+        lambda_d: float = Num(2.0, gt=0, le=1e6, description="weight of the message loss")
+        noise: list[Any] | None = Field(
+            None,
+            min_length=1,
+            max_length=64,
+            description="noise layers: names or {name, strength|range|choices}",
         )
-        self.device = torch.device("cpu")
-        self.steps = _pos_int("steps", steps)
-        self.lr = _pos_float("lr", lr)
-        self.lambda_e = _pos_float("lambda_e", lambda_e, allow_zero=True)
-        self.lambda_d = _pos_float("lambda_d", lambda_d)
-        if message_loss not in MESSAGE_LOSSES:
-            raise _err(f"message_loss must be one of {MESSAGE_LOSSES}, got {message_loss!r}")
-        self.message_loss = message_loss
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise _err(f"seed must be an integer, got {seed!r}")
-        self.seed = seed
-        self.train_opt_steps = _pos_int("train_opt_steps", train_opt_steps)
-        self.sub_iters = _pos_int("sub_iters", sub_iters)
-        if noise is not None and (not isinstance(noise, list | tuple) or not noise):
-            raise _err(f"noise must be a non-empty list of attacks, got {noise!r}")
-        self.layers = [_NoiseLayer(i, s) for i, s in enumerate(noise if noise is not None else DEFAULT_NOISE)]
-        if noise_per_step is not None:
-            _pos_int("noise_per_step", noise_per_step)
-            if noise_per_step > len(self.layers):
-                raise _err(
-                    f"noise_per_step {noise_per_step} exceeds the number of noise layers ({len(self.layers)})"
-                )
+        noise_per_step: int | None = Int(
+            None, ge=1, le=64, description="noise layers drawn per step (null: all)"
+        )
+        psnr_floor: float | None = Num(None, gt=0, lt=100, description="dB floor of the embedding")
+        message_loss: Literal["mse", "bce"] = Field("mse", description="loss on the decoded logits")
+        seed: int = Int(0, ge=-(2**63), le=2**63 - 1, description="seed of the random init")
+        checkpoint: str | None = Field(None, min_length=1, description="own decoder: a checkpoint (path)")
+        weights: WeightsStem | None = Field(None, description="own decoder: a shipped file's stem")
+        init: Literal["random"] | None = Field(None, description="own decoder: random-init (tests)")
+        train_opt_steps: int = Int(30, ge=1, le=100_000, description="training: OPT steps per trainer step")
+        sub_iters: int = Int(80, ge=1, le=100_000, description="training: decoder updates per batch (l)")
+        nbits: int = Hidden.Params.model_fields["nbits"]
+        width: int = Hidden.Params.model_fields["width"]
+        dec_depth: int = Hidden.Params.model_fields["dec_depth"]
+        message: Literal["tiled", "broadcast"] = Hidden.Params.model_fields["message"]
+        period: int = Hidden.Params.model_fields["period"]
+        dec_downsample: int = Hidden.Params.model_fields["dec_downsample"]
+        dec_channels: int = Hidden.Params.model_fields["dec_channels"]
+        work_size: int | None = Hidden.Params.model_fields["work_size"]
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        p = self.p
+        decoder, decoder_params, noise_per_step = p.decoder, p.decoder_params, p.noise_per_step
+        checkpoint, weights, init = p.checkpoint, p.weights, p.init
+        arch_given = {k: getattr(p, k) for k in DEC_ARCH if k in p.model_fields_set}
+        self.steps, self.lr, self.lambda_e, self.lambda_d = p.steps, p.lr, p.lambda_e, p.lambda_d
+        self.message_loss, self.seed = p.message_loss, p.seed
+        self.train_opt_steps, self.sub_iters = p.train_opt_steps, p.sub_iters
+        self.layers = [
+            _NoiseLayer(i, s) for i, s in enumerate(p.noise if p.noise is not None else DEFAULT_NOISE)
+        ]
+        if noise_per_step is not None and noise_per_step > len(self.layers):
+            raise _err(
+                f"params.noise_per_step: {noise_per_step} exceeds the number of noise layers ({len(self.layers)})"
+            )
         self.noise_per_step = noise_per_step
-        self.psnr_floor = None if psnr_floor is None else _pos_float("psnr_floor", psnr_floor)
-        if self.psnr_floor is not None and self.psnr_floor >= 100:
-            raise _err(f"psnr_floor must be below 100 dB, got {psnr_floor!r}")
+        self.psnr_floor = p.psnr_floor
 
         # ---- the decoder
         own_keys = {"checkpoint": checkpoint, "weights": weights, "init": init, **arch_given}
@@ -319,8 +285,6 @@ class ISMark(TrainingHooks, TrainableMethod):
                     f"(use ismark, {', '.join(WRAPPED)})"
                 )
         self.decoder_name = decoder
-        if decoder_params is not None and not isinstance(decoder_params, dict):
-            raise _err(f"decoder_params must be a mapping, got {decoder_params!r}")
         self.decoder_params = dict(decoder_params or {})
         self.inner: Method | None = None
         self.dec: Decoder | None = None
@@ -361,8 +325,8 @@ class ISMark(TrainingHooks, TrainableMethod):
             "noise": [lay.spec for lay in self.layers],
             **({"noise_per_step": noise_per_step} if noise_per_step is not None else {}),
             **({"psnr_floor": self.psnr_floor} if self.psnr_floor is not None else {}),
-            "message_loss": message_loss,
-            "seed": seed,
+            "message_loss": self.message_loss,
+            "seed": self.seed,
             **({"checkpoint": checkpoint} if checkpoint is not None else {}),
             **({"weights": weights} if weights is not None else {}),
             **({"init": init} if init is not None else {}),
@@ -399,18 +363,11 @@ class ISMark(TrainingHooks, TrainableMethod):
                     "the param or use a matching checkpoint"
                 )
         a = {k: ARCH_DEFAULTS[k] for k in DEC_ARCH} | stored | arch_given
-        for k in ("nbits", "width", "dec_depth", "period", "dec_channels"):
-            _pos_int(k, a[k])
-        if a["message"] not in MESSAGE_MODES:
-            raise _err(f"message must be one of {MESSAGE_MODES}, got {a['message']!r}")
         ds = a["dec_downsample"]
-        if isinstance(ds, bool) or not isinstance(ds, int) or not 0 <= ds <= a["dec_depth"]:
+        if not 0 <= ds <= a["dec_depth"]:
             raise _err(f"dec_downsample must be an integer in [0, dec_depth], got {ds!r}")
         if a["message"] == "tiled" and a["period"] % 2**ds:
             raise _err(f"period {a['period']} must be divisible by 2**dec_downsample = {2**ds}")
-        ws = a["work_size"]
-        if ws is not None and (isinstance(ws, bool) or not isinstance(ws, int) or ws < 8):
-            raise _err(f"work_size must be null or an integer >= 8, got {ws!r}")
         return a
 
     @classmethod

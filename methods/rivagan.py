@@ -15,15 +15,17 @@ from __future__ import annotations
 import hashlib
 from functools import cache
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import Tensor
 
-from wmbench.api import Method, WmbenchError
+from wmbench.api import Method
+from wmbench.params import PluginParams
 
-from .classic import WarnOnce, check_batch, reject_unknown, to_bgr_u8
+from .classic import WarnOnce, check_batch, to_bgr_u8
 
 #: the package decides bit 1 when the decoder's output exceeds this; our logit is output - threshold
 PACKAGE_THRESHOLD = 0.52
@@ -76,14 +78,11 @@ class RivaGan(WarnOnce, Method):
     differentiable_extract: ClassVar[bool] = False
     nbits = 32
 
-    def __init__(self, *, nbits: int = 32, **unknown: Any) -> None:
-        reject_unknown(self.name, unknown, ("nbits (must be 32)",))
-        if nbits != 32 or isinstance(nbits, bool):
-            raise WmbenchError(
-                f"method 'rivagan': the pre-trained networks carry exactly 32 bits; got nbits={nbits!r}"
-            )
-        self.params: dict[str, Any] = {}
-        self.device = torch.device("cpu")
+    class Params(PluginParams):
+        nbits: Literal[32] = Field(32, description="the pre-trained networks carry exactly 32 bits")
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
         self._providers: tuple[str, ...] = ("CPUExecutionProvider",)
 
     def setup(self, device: torch.device) -> None:

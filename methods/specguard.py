@@ -55,16 +55,18 @@ import hashlib
 import math
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
 from wmbench.api import SkipCell, TrainableMethod, TrainingHooks, WmbenchError
 from wmbench.checkpoints import WEIGHTS_PACKAGE, check_agrees, check_init, locate, read_arch
+from wmbench.params import Int, Num, PluginParams, WeightsStem
 
-from .classic import check_batch, reject_unknown
+from .classic import check_batch
 
 BANDS = ("LH", "HL", "HH")
 #: architecture params (stored in the checkpoint's metadata) and their defaults
@@ -281,24 +283,38 @@ class SpecGuard(TrainingHooks, TrainableMethod):
     #: loss terms train_step weighs (the paper's λ_enc = 0.7, λ_dec = 1)
     loss_weights: ClassVar[dict[str, float]] = {"message": 1.0, "image": 0.7}
 
-    def __init__(
-        self,
-        *,
-        checkpoint: str | None = None,
-        weights: str = "specguard",
-        init: str | None = None,
-        seed: int = 0,
-        encoder_lr_scale: float = 10.0,
-        **rest: Any,
-    ) -> None:
-        arch_given = {k: rest.pop(k) for k in list(rest) if k in ARCH_DEFAULTS}
-        reject_unknown(
-            self.name, rest, (*ARCH_DEFAULTS, "checkpoint", "weights", "init", "seed", "encoder_lr_scale")
+    class Params(PluginParams):
+        nbits: int = Int(ARCH_DEFAULTS["nbits"], ge=1, le=4096, description="architecture: payload bits")
+        band: Literal["LH", "HL", "HH"] = Field(ARCH_DEFAULTS["band"], description="architecture: Haar band")
+        radius: float = Num(
+            ARCH_DEFAULTS["radius"],
+            gt=0,
+            le=0.75,
+            description="architecture: mask radius, fraction of the band",
         )
+        strength: float = Num(ARCH_DEFAULTS["strength"], gt=0, le=1000, description="embedding strength")
+        width: int = Int(ARCH_DEFAULTS["width"], ge=1, le=1024, description="architecture: channels")
+        enc_depth: int = Int(ARCH_DEFAULTS["enc_depth"], ge=1, le=64, description="architecture")
+        dec_depth: int = Int(ARCH_DEFAULTS["dec_depth"], ge=1, le=64, description="architecture")
+        map_size: int = Int(ARCH_DEFAULTS["map_size"], ge=1, le=1024, description="architecture")
+        map_channels: int = Int(ARCH_DEFAULTS["map_channels"], ge=1, le=1024, description="architecture")
+        dec_channels: int = Int(ARCH_DEFAULTS["dec_channels"], ge=1, le=1024, description="architecture")
+        logit_scale: float = Num(ARCH_DEFAULTS["logit_scale"], gt=0, le=1e6, description="architecture")
+        checkpoint: str | None = Field(
+            None, min_length=1, description="a checkpoint written by wmbench train"
+        )
+        weights: WeightsStem = Field("specguard", description="a shipped file's stem")
+        init: Literal["random"] | None = Field(None, description="random: a seeded random-init net (tests)")
+        seed: int = Int(0, ge=0, le=2**63 - 1, description="seed of the random init")
+        encoder_lr_scale: float = Num(10.0, gt=0, le=1e6, description="training: the encoder's lr multiplier")
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        p = self.p
+        checkpoint, weights, init = p.checkpoint, p.weights, p.init
+        arch_given = {k: getattr(p, k) for k in ARCH_DEFAULTS if k in p.model_fields_set}
         check_init("method 'specguard'", init, checkpoint is not None)
-        self.device = torch.device("cpu")
-        self.init, self.seed = init, int(seed)
-        self.enc_lr_scale = float(encoder_lr_scale)
+        self.init, self.seed, self.enc_lr_scale = init, p.seed, p.encoder_lr_scale
         self.weights_name = weights
         who = "method 'specguard'"
         self.ckpt_path = locate(who, checkpoint, weights) if init is None else None
@@ -309,7 +325,6 @@ class SpecGuard(TrainingHooks, TrainableMethod):
         if "strength" in stored:
             self.arch["strength"] = stored["strength"]
         self.strength = arch_given.get("strength", self.arch["strength"])
-        self._check_arch()
         self.strength = float(self.strength)
         self.nbits = int(self.arch["nbits"])
         self.params = {
@@ -323,25 +338,6 @@ class SpecGuard(TrainingHooks, TrainableMethod):
         self._hash = ""
         self._train: dict[str, Any] | None = None
         self._sp: dict[tuple[int, int], Spectral] = {}
-
-    def _check_arch(self) -> None:
-        a = self.arch
-        for k in ("nbits", "width", "enc_depth", "dec_depth", "map_size", "map_channels", "dec_channels"):
-            if isinstance(a[k], bool) or not isinstance(a[k], int) or a[k] < 1:
-                raise WmbenchError(f"method 'specguard': {k} must be a positive integer, got {a[k]!r}")
-        if a["band"] not in BANDS:
-            raise WmbenchError(f"method 'specguard': band must be one of {BANDS}, got {a['band']!r}")
-        r = a["radius"]
-        if isinstance(r, bool) or not isinstance(r, int | float) or not 0 < r <= 0.75:
-            raise WmbenchError(
-                f"method 'specguard': radius must be a fraction of the band side in (0, 0.75], got {r!r} "
-                "(the paper's 50 coefficients on the 128² band of a 256² image is 0.390625)"
-            )
-        for k, v in (("strength", self.strength), ("logit_scale", a["logit_scale"])):
-            if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
-                raise WmbenchError(f"method 'specguard': {k} must be > 0, got {v!r}")
-        if not self.enc_lr_scale > 0:
-            raise WmbenchError(f"method 'specguard': encoder_lr_scale must be > 0, got {self.enc_lr_scale}")
 
     @classmethod
     def tiny_params(cls) -> dict[str, Any]:

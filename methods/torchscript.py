@@ -36,36 +36,25 @@ import os
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
 from wmbench.api import Method, WmbenchError, params_fingerprint
+from wmbench.params import Int, Num, PluginParams
 
-from .classic import check_batch, reject_unknown
+from .classic import check_batch
 
 NAME = "torchscript"
 INPUT_RANGES = ("0,1", "-1,1")
-OUTPUTS = ("logits", "probs", "signed")
-EMBED_OUTPUTS = ("image", "residual")
 MESSAGE_FORMATS = ("01", "pm1")
 #: probabilities are clamped to [EPS, 1 - EPS] before the logit
 EPS = 1e-6
 #: "probs" outputs further than this outside [0, 1] mean the extractor returns something else
 PROBS_SLACK = 1e-3
-PARAMS = (
-    "embedder",
-    "extractor",
-    "nbits",
-    "input_range",
-    "output",
-    "embed_output",
-    "message_format",
-    "size",
-    "strength",
-)
 
 
 def _choice(param: str, value: Any, allowed: tuple[str, ...], hint: str = "") -> str:
@@ -174,21 +163,29 @@ class TorchScript(Method):
     description = "exported embedder/extractor pair (torch.jit.save or torch.export .pt2); nbits from params"
     differentiable_extract: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        *,
-        embedder: str | os.PathLike[str] | None = None,
-        extractor: str | os.PathLike[str] | None = None,
-        nbits: int | None = None,
-        input_range: Any = "0,1",
-        output: str = "logits",
-        embed_output: str = "image",
-        message_format: Any = "01",
-        size: int | None = None,
-        strength: float = 1.0,
-        **unknown: Any,
-    ) -> None:
-        reject_unknown(NAME, unknown, PARAMS)
+    class Params(PluginParams):
+        embedder: str | os.PathLike[str] | None = Field(
+            None, description="required: the exported embedder file"
+        )
+        extractor: str | os.PathLike[str] | None = Field(
+            None, description="required: the exported extractor file"
+        )
+        nbits: int | None = Int(None, ge=1, le=4096, description="required: bits the pair carries")
+        input_range: str | list[float] = Field(
+            "0,1", description="pixel range the nets expect: '0,1' or '-1,1'"
+        )
+        output: Literal["logits", "probs", "signed"] = Field(
+            "logits", description="what the extractor returns"
+        )
+        embed_output: Literal["image", "residual"] = Field("image", description="what the embedder returns")
+        message_format: str | int = Field("01", description="messages as '01' ({0,1}) or 'pm1' (±1)")
+        size: int | None = Int(None, ge=1, le=4096, description="fixed working size (null: the image's)")
+        strength: float = Num(1.0, gt=0, le=1000, description="residual scale at embedding")
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        p = self.p
+        embedder, extractor, nbits, message_format = p.embedder, p.extractor, p.nbits, p.message_format
         self.embedder_path = _path_param("embedder", embedder)
         self.extractor_path = _path_param("extractor", extractor)
         if nbits is None:
@@ -196,22 +193,18 @@ class TorchScript(Method):
                 f"method {NAME!r}: params.nbits is required: how many bits the pair carries (the extractor's "
                 "output width)"
             )
-        if isinstance(nbits, bool) or not isinstance(nbits, int) or nbits < 1:
-            raise WmbenchError(f"method {NAME!r}: params.nbits must be an integer ≥ 1, got {nbits!r}")
         self.nbits = nbits
-        self.input_range = _range_param(input_range)
-        self.output = _choice("output", output, OUTPUTS)
-        self.embed_output = _choice("embed_output", embed_output, EMBED_OUTPUTS)
+        self.input_range = _range_param(p.input_range)
+        self.output, self.embed_output, self.size, self.strength = (
+            p.output,
+            p.embed_output,
+            p.size,
+            p.strength,
+        )
         yaml_hint = (
             ' (YAML reads 01 as the number 1: quote it, message_format: "01")' if message_format == 1 else ""
         )
         self.message_format = _choice("message_format", message_format, MESSAGE_FORMATS, yaml_hint)
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-            raise WmbenchError(f"method {NAME!r}: params.size must be null or an integer ≥ 1, got {size!r}")
-        self.size = size
-        if isinstance(strength, bool) or not isinstance(strength, int | float) or not strength > 0:
-            raise WmbenchError(f"method {NAME!r}: params.strength must be a number > 0, got {strength!r}")
-        self.strength = float(strength)
         self.params: dict[str, Any] = {
             "embedder": str(embedder),
             "extractor": str(extractor),
@@ -220,7 +213,7 @@ class TorchScript(Method):
             "output": self.output,
             "embed_output": self.embed_output,
             "message_format": self.message_format,
-            "size": size,
+            "size": self.size,
             "strength": self.strength,
         }
         self.device = torch.device("cpu")

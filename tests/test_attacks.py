@@ -344,10 +344,13 @@ def test_sequence_preset_and_cover():
         ([{"name": "jpge"}], "Did you mean 'jpeg'"),
         ([{"name": "jpeg"}, {"name": "webp"}], "only one step may omit"),
         ([{"name": "sequence", "strength": 1}], "cannot contain a sequence"),
-        ([{"name": "jpeg", "quality": 50}], "unknown keys"),
+        ([{"name": "jpeg", "quality": 50}], r"params\.steps\[0\]\.quality: unknown key"),
         ([{"name": "jpeg", "params": {"subsampling": "bad"}}], "steps\\[0\\].*subsampling"),
-        ([{"name": "jpeg", "strength": "high"}], "expected a number"),
-        ([], "non-empty"),
+        (
+            [{"name": "jpeg", "strength": "high"}],
+            r"params\.steps\[0\]\.strength: Input should be a valid number",
+        ),
+        ([], r"params\.steps: List should have at least 1 item"),
     ],
 )
 def test_sequence_errors(steps, match):

@@ -64,5 +64,5 @@ def test_sync_params_are_validated(bad: dict) -> None:
 
 
 def test_unknown_param_error_lists_sync_and_psnr_target() -> None:
-    with pytest.raises(WmbenchError, match="accepted params: .*psnr_target, sync"):
+    with pytest.raises(WmbenchError, match=r"params\.bogus: unknown key \(known: .*psnr_target, sync"):
         Hidden(**{**Hidden.tiny_params(), "bogus": 1})

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from pydantic import BaseModel
 from torch import Tensor
 
 from wmbench.errors import SkipCell, WmbenchError
+from wmbench.params import parse_params
 from wmbench.rng import Gen
 
 __all__ = [
@@ -50,7 +52,9 @@ def params_fingerprint(name: str, params: dict[str, Any], extra: str = "") -> st
 class Method(ABC):
     """A watermarking method: embeds a k-bit message into images and extracts logits back.
 
-    Subclasses take their suite ``params:`` as keyword arguments of ``__init__``.
+    Subclasses take their suite ``params:`` as keyword arguments of ``__init__`` and declare them once in a nested
+    ``Params`` model (wmbench/params.py); ``Method.__init__`` validates them through it into ``self.p``.  A method
+    without a ``Params`` model takes no params (a third-party one may still check its own keyword arguments).
     """
 
     name: ClassVar[str]
@@ -58,10 +62,12 @@ class Method(ABC):
     #: white-box attacks may backpropagate through ``extract`` (else they must use BPDA or a surrogate)
     differentiable_extract: ClassVar[bool] = False
     nbits: int = 32
+    #: the declaration of the method's params (a pydantic model with extra="forbid"); None = no params
+    Params: ClassVar[type[BaseModel] | None] = None
 
     def __init__(self, **params: Any) -> None:
-        if params:
-            raise WmbenchError(f"method {self.name!r} takes no params, got {sorted(params)}")
+        #: the validated params (an instance of ``Params``), or None for a method without params
+        self.p: Any = parse_params(f"method {self.name!r}", type(self).Params, params)
         self.params: dict[str, Any] = {}
         self.device = torch.device("cpu")
 
@@ -142,10 +148,12 @@ class Attack(ABC):
     #: which way is good for the watermark: "removal" (a high bit accuracy after the attack = robust) or
     #: "forgery" (a high bit accuracy = the forgery worked); rankings never average the two
     goal: ClassVar[str] = "removal"
+    #: the declaration of the attack's params (a pydantic model with extra="forbid"); None = no params
+    Params: ClassVar[type[BaseModel] | None] = None
 
     def __init__(self, **params: Any) -> None:
-        if params:
-            raise WmbenchError(f"attack {self.name!r} takes no params, got {sorted(params)}")
+        #: the validated params (an instance of ``Params``), or None for an attack without params
+        self.p: Any = parse_params(f"attack {self.name!r}", type(self).Params, params)
         self.params: dict[str, Any] = {}
 
     @abstractmethod
@@ -159,6 +167,13 @@ class Attack(ABC):
         cover: Tensor | None = None,
     ) -> Tensor:
         """Attack a batch.  x: b 3 h w in [0,1] -> b 3 h w in [0,1] (same shape)."""
+
+    def check_strength(self, strength: float) -> None:
+        """Refuse a strength this attack cannot run, with the message ``apply`` gives (WmbenchError).
+
+        Why: attacks that load models are too costly to probe with ``apply``; ``validate`` calls this instead, so
+        it reports what the run would.  Attacks whose ``apply`` checks before loading anything override it."""
+        return None
 
     def forward_st(self, x: Tensor, strength: float, *, gen: Gen, cover: Tensor | None = None) -> Tensor:
         """Training form: the attack itself when differentiable, else straight-through (identity gradient)."""

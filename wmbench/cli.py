@@ -159,6 +159,38 @@ def list_cmd(
             sys.stdout.write("\t".join(row) + "\n")
 
 
+@app.command("params")
+def params_cmd(
+    name: Annotated[str, typer.Argument(help="a method or attack name")],
+    as_json: Annotated[bool, typer.Option("--json", help="a JSON list of objects")] = False,
+) -> None:
+    """A plugin's params as its Params model declares them (type, default, bounds, description); imports it."""
+    from wmbench.params import params_rows
+    from wmbench.registry import attacks, methods
+
+    try:
+        regs = [r for r in (methods(), attacks()) if name in r]
+        if not regs:
+            raise WmbenchError(f"{methods().unknown_message(name)} {attacks().unknown_message(name)}")
+        rows = [
+            {"kind": r.kind, **row} for r in regs for row in params_rows(getattr(r.get(name), "Params", None))
+        ]
+    except WmbenchError as e:
+        raise _fail(e) from None
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=1) + "\n")
+    elif not rows:
+        out.print(f"{name!r} takes no params")
+    elif sys.stdout.isatty():
+        t = Table(*rows[0], title=f"{name} params")
+        for r in rows:
+            t.add_row(*r.values())
+        out.print(t)
+    else:  # piped: whole values, tab-separated, as `list`
+        for r in [dict.fromkeys(rows[0]), *rows]:
+            sys.stdout.write("\t".join(k if v is None else v for k, v in r.items()) + "\n")
+
+
 def _load(suite_path: Path, limit: int | None = None):
     from wmbench.suite import load_suite
 

@@ -351,9 +351,15 @@ def expand(suite: Suite, where: str = "suite", probe: bool = False) -> Plan:
 
 
 def _probe_strengths(atk: Attack, strengths: list[float], where: str) -> None:
-    """Run a plain distortion at each strength on a 64² grey image; its refusal becomes a load-time error."""
+    """Each strength through the attack's own ``check_strength``, and a plain distortion also run once on a 64²
+    grey image: a strength the run would refuse becomes a load-time error with the run's message."""
+    for j, v in enumerate(strengths):
+        try:
+            atk.check_strength(v)
+        except WmbenchError as e:
+            raise WmbenchError(f"{where}[{j}]: {e}") from None
     if atk.family != "distortion" or atk.needs_method:
-        return  # models and white-box attacks are checked where they load; a probe would cost too much
+        return  # models and white-box attacks: check_strength above; running them would cost too much
     import torch
 
     x = torch.full((1, 3, 64, 64), 0.5)

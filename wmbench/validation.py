@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from wmbench.api import WmbenchError
+from wmbench.errors import WmbenchError
 
 
 def key_path(loc: tuple) -> str:
@@ -43,16 +43,23 @@ def fields_at(root: type[BaseModel], loc: tuple) -> list[str]:
     return list(getattr(model, "model_fields", {}))
 
 
+def problems(err: ValidationError, root: type[BaseModel]) -> list[tuple[tuple, str]]:
+    """(key location, message) per problem; an unknown key gets the closest known one as a did-you-mean."""
+    out: list[tuple[tuple, str]] = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        if e["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(loc[-1]), fields_at(root, loc), n=1)
+            out.append((loc, "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")))
+        else:
+            out.append((loc, str(e["msg"]).removeprefix("Value error, ")))
+    return out
+
+
 def format_validation_error(path: Path | str, err: ValidationError, root: type[BaseModel], what: str) -> str:
     """One line per problem: ``FILE: invalid WHAT:`` then ``  key.path: message``."""
     lines = [f"{path}: invalid {what}:"]
-    for e in err.errors():
-        where = key_path(tuple(e["loc"]))
-        if e["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(str(e["loc"][-1]), fields_at(root, tuple(e["loc"])), n=1)
-            lines.append(f"  {where}: unknown key" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        else:
-            lines.append(f"  {where}: {e['msg']}")
+    lines += [f"  {key_path(loc)}: {msg}" for loc, msg in problems(err, root)]
     return "\n".join(lines)
 
 
