@@ -184,3 +184,18 @@ def test_compare_identical_is_0_and_planted_regression_is_1(run_dir, tmp_path):
     df.to_parquet(bad / "results.parquet")
     res = compare(load_summary(base), load_summary(bad))
     assert res.missing == [("ss_strong", "gaussian_blur", 1.0)] and res.regressed
+
+
+def test_report_modules_import_no_torch() -> None:
+    """`wmbench report` needs pandas, scipy and matplotlib, not torch (seconds of import and ~500 MB)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, wmbench.report, wmbench.analysis, wmbench.detection, wmbench.plots\n"
+        "from wmbench.analysis import class_goal\n"
+        "assert class_goal('pgd_forge') == 'forgery' and class_goal('jpeg') == 'removal'\n"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

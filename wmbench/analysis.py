@@ -31,9 +31,11 @@ PSNR_SPREAD_DB = 0.5
 def class_goal(attack_name: str) -> str:
     """The registered attack's declared goal; an attack that is not installed counts as removal."""
     from wmbench.registry import attacks
+    from wmbench.static_meta import plugin_meta
 
-    try:
-        return str(getattr(attacks().get(attack_name), "goal", REMOVAL))
+    try:  # built-ins read from their source: a report imports no plugin (and no torch)
+        goal = str(plugin_meta(attacks(), attack_name, ("goal",))["goal"])
+        return goal if goal in (REMOVAL, FORGERY) else REMOVAL
     except Exception:  # noqa: BLE001 - an unknown third-party attack keeps the default
         return REMOVAL
 

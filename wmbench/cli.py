@@ -278,14 +278,13 @@ def run(
     """Run a suite: embed, attack, extract, score; resumable (rerun continues where it stopped).
 
     Values never depend on --batch-size, --shard-size, --executor or --workers, so a resume may change them."""
-    from wmbench.report import summary_table, write_report
-    from wmbench.runner import Runner, RunOptions
-
     try:
         s = _load(suite, limit)
         if dry_run:
             _print_plan(s, out)
             return
+        from wmbench.runner import Runner, RunOptions
+
         if (
             limit is not None and out_dir is None
         ):  # a quick profile must not collide with the full run's folder
@@ -310,6 +309,8 @@ def run(
         raise _fail(e) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+    from wmbench.report import summary_table, write_report  # matplotlib, scipy: only once the run is done
+
     report = write_report(res.out)
     tm = res.manifest
     if not tm.get("n_rows"):

@@ -13,9 +13,7 @@ watermarked); an inverted decoder is *not* detected.
 from __future__ import annotations
 
 import difflib
-import math
 from collections.abc import Callable, Sequence
-from fractions import Fraction
 from functools import lru_cache
 
 import numpy as np
@@ -24,6 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from wmbench.api import BitMetric, ImageMetric, WmbenchError
+from wmbench.detection import (  # noqa: F401  (re-exported: the detection API lives there)
+    _binom_sf_table,
+    analytic_threshold,
+    empirical_tpr,
+)
 from wmbench.lpips_net import lpips_distance
 
 SSIM_KERNEL = 11
@@ -306,17 +309,6 @@ def word_acc(logits: Tensor, msg: Tensor) -> Tensor:
     return (bit_matches(logits, msg) == logits.shape[1]).float()
 
 
-@lru_cache(maxsize=64)
-def _binom_sf_table(k: int) -> tuple[float, ...]:
-    """P(X >= m) for m = 0..k+1, X ~ Bin(k, 1/2), from exact integer sums rounded once to float64."""
-    counts = [math.comb(k, i) for i in range(k + 1)]
-    tail, out = 0, [0.0] * (k + 2)
-    for m in range(k, -1, -1):
-        tail += counts[m]
-        out[m] = float(Fraction(tail, 2**k))
-    return tuple(out)
-
-
 def p_value(matches: Tensor | Sequence[int] | int, k: int) -> Tensor:
     """One-sided binomial p-value P(X >= matches), X ~ Bin(k, 1/2): how likely an unwatermarked image (decoded
     bits independent fair coins) matches at least this many bits.  Exact (rational sums), float64.  b -> b"""
@@ -329,58 +321,9 @@ def p_value(matches: Tensor | Sequence[int] | int, k: int) -> Tensor:
     return table[m]
 
 
-def analytic_threshold(k: int, fpr: float) -> int:
-    """Smallest τ with P(X >= τ) <= fpr, X ~ Bin(k, 1/2).
-
-    ``detected = matches >= τ`` then has a false-positive rate <= fpr (usually below it: the binomial is
-    discrete) if decoded bits of clean images are independent fair coins -- an assumption, which
-    ``empirical_tpr`` checks against real clean images.  Returns k + 1 (never detect) when fpr < 2^-k.
-    """
-    if not 0.0 <= fpr <= 1.0:
-        raise WmbenchError(f"fpr must lie in [0, 1], got {fpr}")
-    table = _binom_sf_table(k)
-    return next(t for t in range(k + 2) if table[t] <= fpr)
-
-
 def detected(matches: Tensor, k: int, fpr: float) -> Tensor:
     """Analytic detection decision at false-positive rate fpr.  b -> b (bool)"""
     return torch.as_tensor(matches) >= analytic_threshold(k, fpr)
-
-
-def _as_f64(x: Tensor | np.ndarray | Sequence[float]) -> np.ndarray:
-    if isinstance(x, Tensor):
-        x = x.detach().cpu().numpy()
-    return np.array(x, dtype=np.float64).ravel()
-
-
-def empirical_tpr(
-    scores_wm: Tensor | np.ndarray | Sequence[float],
-    scores_clean: Tensor | np.ndarray | Sequence[float],
-    fpr: float,
-) -> dict[str, float | int]:
-    """TPR at an FPR measured on clean images.  scores: n_wm, n_clean (higher = more watermark-like, e.g.
-    matching bits).
-
-    Detection is ``score > threshold`` with threshold the smallest clean score such that the fraction of clean
-    scores above it is <= fpr (so ties at the threshold are never detected and empirical FPR <= fpr).  With n
-    clean images the smallest resolvable FPR is 1/n: any fpr < 1/n gives threshold = max clean score and
-    empirical FPR 0, i.e. "TPR@0.1%FPR" needs >= 1000 clean images to mean what it says.
-    """
-    if not 0.0 <= fpr <= 1.0:
-        raise WmbenchError(f"fpr must lie in [0, 1], got {fpr}")
-    wm = _as_f64(scores_wm)
-    clean = _as_f64(scores_clean)
-    if clean.size == 0:
-        raise WmbenchError("empirical_tpr needs at least one clean score")
-    cand = np.unique(clean)  # ascending; the fraction of clean scores above a candidate falls as it grows
-    above = (clean.size - np.searchsorted(np.sort(clean), cand, side="right")) / clean.size
-    threshold = float(-np.inf) if fpr >= 1.0 else float(cand[np.argmax(above <= fpr)])
-    return {
-        "tpr": float((wm > threshold).mean()) if wm.size else float("nan"),
-        "threshold": threshold,
-        "empirical_fpr": float((clean > threshold).mean()),
-        "n_clean": int(clean.size),
-    }
 
 
 def compute_bit_metrics(logits: Tensor, msg: Tensor) -> dict[str, Tensor]:

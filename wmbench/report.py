@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from wmbench import analysis, stats
-from wmbench.api import WmbenchError
+from wmbench.errors import WmbenchError
 from wmbench.render import Section, render
 from wmbench.store import load_results, safe_name
 
@@ -53,7 +53,7 @@ def robustness_table(
 ) -> pd.DataFrame:
     """One row per method × attack × strength: bit accuracy, word accuracy, TPR (analytic, empirical), PSNR of
     the attack, each with its 95 % interval. Forgery cells are marked: there a high value is the attacker's win."""
-    from wmbench.metrics import empirical_tpr
+    from wmbench.detection import empirical_tpr
 
     if family is not None:
         wm = wm[wm["family"] == family]
@@ -561,7 +561,7 @@ def _load_runs(paths: list[Path], pool: bool) -> tuple[pd.DataFrame, list[dict],
     fprs = {float(m.get("target_fpr", 1e-3)) for m in mans}
     fpr = min(fprs)
     if len(fprs) > 1 and len(df):  # only when pooled (check_runs says so in the report)
-        from wmbench.metrics import analytic_threshold
+        from wmbench.detection import analytic_threshold
 
         df["detected"] = [
             m >= analytic_threshold(int(k), fpr) for m, k in zip(df["matches"], df["nbits"], strict=True)
