@@ -186,6 +186,88 @@ def _bare(name: str, s: float) -> Callable[[Inputs], object]:
     return table[name]
 
 
+# ------------------------------------------------------------------------- the same work from the float batch
+
+
+def _u8_batch(x: torch.Tensor) -> np.ndarray:
+    """b 3 h w float -> b h w 3 uint8, written plainly (round, clamp, cast, permute)."""
+    return x.mul(255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def _from_u8(arrs: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div(255)
+
+
+def _per_image_mask(d: Inputs, p: float, name: str) -> torch.Tensor:
+    """One uniform draw per pixel and image from that image's own generator (the draw-order contract)."""
+    h, w = d.f.shape[-2:]
+    gens = [torch.Generator().manual_seed(hash((name, i)) & 0xFFFF) for i in d.ids]
+    return torch.stack([torch.rand(1, h, w, generator=g) for g in gens]) < p
+
+
+def _batch(name: str, s: float) -> Callable[[Inputs], object] | None:
+    """What a user would write to do the attack's work on the float batch it gets (b 3 h w in [0,1]) with the
+    same library call: conversions in and out included, and per-image random draws where the attack must make
+    them.  None where that is exactly the bare call (torch/kornia on the float batch)."""
+    k = 2 * math.ceil(3 * s) + 1
+
+    def codec(fmt: str, **kw: object) -> Callable[[Inputs], object]:
+        one = _codec(fmt, int(s), **kw)
+        return lambda d: _from_u8(one(_Wrap(_u8_batch(d.f))))
+
+    def salt(d: Inputs) -> torch.Tensor:
+        hit, white = _per_image_mask(d, s, "hit"), _per_image_mask(d, 0.5, "salt")
+        return torch.where(hit, white.float(), d.f)
+
+    def cropout(d: Inputs) -> torch.Tensor:
+        h, w = d.f.shape[-2:]
+        ch, cw = round(h * math.sqrt(s)), round(w * math.sqrt(s))
+        out = d.cover.clone()
+        for i, key in enumerate(d.ids):
+            g = torch.Generator().manual_seed(int(key))
+            t, l_ = (int(torch.randint(0, n + 1, (1,), generator=g)) for n in (h - ch, w - cw))
+            out[i, :, t : t + ch, l_ : l_ + cw] = d.f[i, :, t : t + ch, l_ : l_ + cw]
+        return out
+
+    table: dict[str, Callable[[Inputs], object]] = {
+        "jpeg": codec("JPEG", subsampling=2),
+        "webp": codec("WEBP"),
+        "median_blur": lambda d: _from_u8([cv2.medianBlur(a, int(s)) for a in _u8_batch(d.f)]),
+        "gaussian_blur": lambda d: torch.from_numpy(
+            np.stack(
+                [
+                    cv2.GaussianBlur(a, (k, k), s, borderType=cv2.BORDER_REFLECT_101)
+                    for a in d.f.permute(0, 2, 3, 1).contiguous().numpy()
+                ]
+            )
+        ).permute(0, 3, 1, 2),
+        "resize": lambda d: F.interpolate(  # the attack's own precision: float64 (see docs/performance.md)
+            F.interpolate(d.f.double(), scale_factor=s, mode="bilinear", antialias=True),
+            size=d.f.shape[-2:],
+            mode="bilinear",
+        ).float(),
+        "salt_pepper": salt,
+        "dropout": lambda d: torch.where(_per_image_mask(d, s, "drop"), d.cover, d.f),
+        "gaussian_noise": lambda d: (
+            torch.stack(
+                [torch.randn(d.f.shape[1:], generator=torch.Generator().manual_seed(int(i))) for i in d.ids]
+            )
+            .mul_(s)
+            .add_(d.f)
+            .clamp_(0, 1)
+        ),
+        "cropout": cropout,
+    }
+    return table.get(name)
+
+
+class _Wrap:
+    """Hands converted arrays to the bare codec (it reads ``.u8``)."""
+
+    def __init__(self, u8: np.ndarray) -> None:
+        self.u8 = list(u8)
+
+
 # ------------------------------------------------------------------------------------ plain PIL per image
 
 
@@ -242,13 +324,14 @@ def _before_class(root: Path, name: str) -> type:
 
 
 def measure(name: str, chunks: list[Inputs], repeat: int, before: Path | None) -> dict[str, float | None]:
-    """Median images/s of apply, bare, pil and the older checkout's apply over every chunk (None where absent)."""
+    """Median images/s of apply, bare, batch, pil and the older checkout's apply over every chunk (None where
+    absent)."""
     s = STRENGTHS[name]
     atk = attacks().get(name)()
     old = _before_class(before, name)() if before else None
-    bare, pil = _bare(name, s), _pil(name, s)
+    bare, pil, batch = _bare(name, s), _pil(name, s), _batch(name, s)
     n = sum(len(d.ids) for d in chunks)
-    times: dict[str, list[float]] = {"apply": [], "bare": [], "pil": [], "before": []}
+    times: dict[str, list[float]] = {"apply": [], "bare": [], "batch": [], "pil": [], "before": []}
 
     def run_apply(a: object) -> float:
         gens = [rng.ImageGens.for_cell(0, "bench", name, s, image_ids=d.ids) for d in chunks]
@@ -263,6 +346,7 @@ def measure(name: str, chunks: list[Inputs], repeat: int, before: Path | None) -
             if old is not None:
                 times["before"].append(run_apply(old))
             times["bare"].append(_time(lambda: [bare(d) for d in chunks]))
+            times["batch"].append(_time(lambda: [(batch or bare)(d) for d in chunks]))
             if pil is not None:
                 times["pil"].append(_time(lambda: [pil(d) for d in chunks]))
     return {k: (n / statistics.median(v[1:]) if v else None) for k, v in times.items()}
@@ -289,8 +373,8 @@ def main() -> None:
         f"# {len(u8)} photos 256² in batches of {a.batch}, median of {a.repeat}, images/s ({a.clock} clock)"
     )
     print(
-        f"{'attack':<15} {'s':>5} {'thr':>3} {'before':>8} {'apply':>8} {'bare':>8} {'pil':>8} "
-        f"{'a/before':>8} {'a/bare':>7} {'a/pil':>6}"
+        f"{'attack':<15} {'s':>5} {'thr':>3} {'before':>8} {'apply':>8} {'bare':>8} {'batch':>8} {'pil':>8} "
+        f"{'a/before':>8} {'a/bare':>7} {'a/batch':>7} {'a/pil':>6}"
     )
     for nt in a.threads:
         t = nt or default
@@ -303,8 +387,8 @@ def main() -> None:
             old = f"{r['before']:8.0f}" if r["before"] else f"{'-':>8}"
             ab = f"{r['apply'] / r['before']:8.2f}" if r["before"] else f"{'-':>8}"
             print(
-                f"{name:<15} {STRENGTHS[name]:>5g} {t:>3} {old} {r['apply']:8.0f} {r['bare']:8.0f} {pil} "
-                f"{ab} {r['apply'] / r['bare']:7.2f} {ap_}",
+                f"{name:<15} {STRENGTHS[name]:>5g} {t:>3} {old} {r['apply']:8.0f} {r['bare']:8.0f} "
+                f"{r['batch']:8.0f} {pil} {ab} {r['apply'] / r['bare']:7.2f} {r['apply'] / r['batch']:7.2f} {ap_}",
                 flush=True,
             )
     torch.set_num_threads(default)

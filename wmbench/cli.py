@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from wmbench.errors import WmbenchError
@@ -237,14 +238,38 @@ def _print_plan(suite, console: Console) -> None:
 
 
 @app.command()
-def validate(suite: Annotated[Path, typer.Argument(help="suite YAML file")]) -> None:
-    """Check a suite (keys, names, params, strengths) and print its expanded cells."""
+def validate(
+    suite: Annotated[Path, typer.Argument(help="suite YAML file")],
+    probe: Annotated[
+        bool, typer.Option(help="also load every method's weights and every attack's model, as a run would")
+    ] = True,
+    strict: Annotated[bool, typer.Option(help="exit 1 when anything would be skipped")] = False,
+) -> None:
+    """Check a suite (keys, names, params, strengths), print its expanded cells, and say what a run here would
+    skip (missing weights, model folders, hub models offline) with the run's own messages."""
     try:
         s = _load(suite)
         _print_plan(s, out)
+        skips = _probe_skips(s) if probe else []
     except WmbenchError as e:
         raise _fail(e) from None
-    out.print("[green]ok")
+    for what, reason in skips:
+        err.print(f"[yellow]would skip[/] {escape(what)}: {escape(reason)}", highlight=False, soft_wrap=True)
+    if skips and strict:
+        raise typer.Exit(1)
+    out.print("[green]ok" + (f" ({len(skips)} would be skipped)" if skips else ""))
+
+
+def _probe_skips(suite: Any) -> list[tuple[str, str]]:
+    """(what, reason) for every method or attack a run on this machine would skip."""
+    from wmbench.preflight import probe_plan
+    from wmbench.suite import expand
+
+    plan = expand(suite)
+    av = probe_plan(plan)
+    return [(f"method {k}", v) for k, v in av.methods.items()] + [
+        (f"attack {plan.attacks[i].label}", v) for i, v in av.attacks.items()
+    ]
 
 
 @app.command()

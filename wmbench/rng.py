@@ -56,7 +56,10 @@ def rand(gen: Gen, b: int, *shape: int) -> Tensor:
     if isinstance(gen, torch.Generator):
         return torch.rand((b, *shape), generator=gen)
     _check(gen, b)
-    return torch.stack([torch.rand(shape, generator=g) for g in gen.gens])
+    out = torch.empty((b, *shape))
+    for i, g in enumerate(gen.gens):  # written in place: no stacked copy of the batch
+        torch.rand(shape, generator=g, out=out[i])
+    return out
 
 
 def randn(gen: Gen, b: int, *shape: int) -> Tensor:
@@ -64,7 +67,10 @@ def randn(gen: Gen, b: int, *shape: int) -> Tensor:
     if isinstance(gen, torch.Generator):
         return torch.randn((b, *shape), generator=gen)
     _check(gen, b)
-    return torch.stack([torch.randn(shape, generator=g) for g in gen.gens])
+    out = torch.empty((b, *shape))
+    for i, g in enumerate(gen.gens):
+        torch.randn(shape, generator=g, out=out[i])
+    return out
 
 
 def randint(gen: Gen, low: int, high: int, b: int, *shape: int) -> Tensor:

@@ -37,7 +37,7 @@ from rich.progress import (
 )
 
 from wmbench import __version__
-from wmbench.api import SkipCell, WmbenchError
+from wmbench.api import WmbenchError
 from wmbench.rng import derive_seed  # noqa: F401  (re-exported: older callers import it from here)
 from wmbench.session import message_for  # noqa: F401  (re-exported)
 from wmbench.store import RunStore, cell_key, example_path, part_key
@@ -395,25 +395,10 @@ class Runner:
     def _preflight(self, units: list[Unit]) -> list[Unit]:
         """Before dispatch to other nodes: decide on the driver which methods and attacks can run (weights and
         models present), so a skip never depends on the node a unit lands on."""
-        from wmbench.registry import methods
+        from wmbench.preflight import probe_plan
 
-        bad_methods: dict[str, str] = {}
-        for mp in self.plan.methods:
-            try:
-                methods().get(mp.name)(**mp.params).setup(torch.device("cpu"))
-            except SkipCell as e:
-                bad_methods[mp.label] = str(e)
-        bad_attacks: dict[int, str] = {}
-        probe = torch.full((1, 3, 64, 64), 0.5)
-        for i, ap in enumerate(self.plan.attacks):
-            if ap.attack.needs_method:
-                continue
-            try:
-                ap.attack.apply(probe, ap.strengths[0], gen=torch.Generator().manual_seed(0), cover=probe)
-            except SkipCell as e:
-                bad_attacks[i] = str(e)
-            except Exception:
-                pass  # a probe-size problem is not a missing model; the real cell will tell
+        av = probe_plan(self.plan)
+        bad_methods, bad_attacks = av.methods, av.attacks
         kept = []
         for u in units:
             if u.method.label in bad_methods:
