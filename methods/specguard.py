@@ -312,6 +312,9 @@ class SpecGuard(TrainingHooks, TrainableMethod):
         super().__init__(**params)
         p = self.p
         checkpoint, weights, init = p.checkpoint, p.weights, p.init
+        # another payload selects the shipped checkpoint of that payload (configs/specguard128.yaml)
+        if "nbits" in p.model_fields_set and "weights" not in p.model_fields_set and p.nbits != 64:
+            weights = f"specguard{p.nbits}"
         arch_given = {k: getattr(p, k) for k in ARCH_DEFAULTS if k in p.model_fields_set}
         check_init("method 'specguard'", init, checkpoint is not None)
         self.init, self.seed, self.enc_lr_scale = init, p.seed, p.encoder_lr_scale
@@ -330,7 +333,7 @@ class SpecGuard(TrainingHooks, TrainableMethod):
         self.params = {
             **arch_given,
             **({"checkpoint": checkpoint} if checkpoint is not None else {}),
-            **({"weights": weights} if weights != "specguard" else {}),
+            **({"weights": weights} if "weights" in p.model_fields_set else {}),
             **({"init": init, "seed": self.seed} if init else {}),
         }
         self.enc: Encoder | None = None

@@ -309,3 +309,18 @@ def test_save_png_lossless_and_atomic(tmp_path: Path):
     assert sorted(os.listdir(p.parent)) == ["x.png"]  # no temp files left behind
     with pytest.raises(WmbenchError):
         save_png(torch.zeros(2, 4, 4), tmp_path / "bad.png")
+
+
+def test_to_uint8_numpy_path_equals_torch_rounding() -> None:
+    """The float32 CPU fast path rounds exactly as torch does (half to even), clamps, and keeps any shape."""
+    from wmbench.imageio import to_uint8
+
+    def ref(x: torch.Tensor) -> torch.Tensor:
+        return (x.clamp(0, 1) * 255.0).round().to(torch.uint8)
+
+    k = torch.arange(256, dtype=torch.float32)
+    cases = [k / 255, (k + 0.5) / 255, (k - 0.5) / 255, torch.rand(2, 3, 17, 9) * 1.4 - 0.2]
+    cases.append(torch.rand(3, 8, 8)[:, ::2, 1:])  # a strided view
+    for x in cases:
+        assert torch.equal(to_uint8(x), ref(x))
+    assert torch.equal(to_uint8(k.double() / 255), ref(k.double() / 255))  # other dtypes: the torch path

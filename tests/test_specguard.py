@@ -225,3 +225,29 @@ def test_shipped_weights_decode_at_256() -> None:
     imgs = load_image_set("builtin", size=256, count=6, split="eval").images
     ev = evaluate(m, imgs, 6)
     assert ev["bit_acc"] >= 0.97 and ev["psnr"] >= 40.0, ev
+
+
+def test_128_bits_round_trip_on_a_tiny_random_net() -> None:
+    """The 128-bit operating point's shapes: a random-init net embeds and reads 128 logits per image."""
+    m = SpecGuard(**{**SpecGuard.tiny_params(), "nbits": 128})
+    m.setup(torch.device("cpu"))
+    x = torch.rand(2, 3, 64, 64)
+    msg = torch.randint(0, 2, (2, 128)).float()
+    y = m.embed(x, msg)
+    assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
+    assert m.extract(y).shape == (2, 128)
+
+
+def test_nbits_selects_the_shipped_checkpoint_of_that_payload() -> None:
+    """params: {nbits: 128} loads specguard128.safetensors; a payload with no shipped file says which stem."""
+    m = SpecGuard(nbits=128)
+    assert m.weights_name == "specguard128" and "weights" not in m.params
+    with pytest.raises(SkipCell, match="specguard256"):
+        SpecGuard(nbits=256).setup(torch.device("cpu"))
+    with pytest.raises(WmbenchError, match="disagrees"):  # an explicit stem wins, and must match the payload
+        SpecGuard(nbits=128, weights="specguard")
+
+
+def test_packaged_128_bit_config_validates() -> None:
+    _, cfg = load_train_config("specguard128")
+    assert cfg.model.name == "specguard" and cfg.model.params["nbits"] == 128
