@@ -186,16 +186,22 @@ def test_compare_identical_is_0_and_planted_regression_is_1(run_dir, tmp_path):
     assert res.missing == [("ss_strong", "gaussian_blur", 1.0)] and res.regressed
 
 
-def test_report_modules_import_no_torch() -> None:
-    """`wmbench report` needs pandas, scipy and matplotlib, not torch (seconds of import and ~500 MB)."""
+def test_report_and_compare_import_no_torch(run_dir: Path, tmp_path: Path) -> None:
+    """`wmbench report` and `summarize` need pandas, scipy and matplotlib, not torch (seconds and ~500 MB)."""
     import subprocess
     import sys
 
     code = (
-        "import sys, wmbench.report, wmbench.analysis, wmbench.detection, wmbench.plots\n"
+        "import sys\n"
+        "from pathlib import Path\n"
         "from wmbench.analysis import class_goal\n"
+        "from wmbench.compare import write_summary\n"
+        "from wmbench.report import build_report\n"
         "assert class_goal('pgd_forge') == 'forgery' and class_goal('jpeg') == 'removal'\n"
+        f"build_report([Path({str(run_dir)!r})], Path({str(tmp_path / 'rep')!r}))\n"
+        f"write_summary(Path({str(run_dir)!r}), Path({str(tmp_path / 's.json')!r}))\n"
         "print('torch' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from wmbench import analysis
-from wmbench.api import WmbenchError
+from wmbench.errors import WmbenchError
 from wmbench.store import load_results
 
 KEY = ["method", "attack", "strength"]

@@ -224,7 +224,7 @@ def _chmod_umask(path: str | Path) -> None:
 
 def load_results(run: str | Path) -> tuple[pd.DataFrame, dict]:
     """Read a run folder's results and manifest (for reports); errors say what is missing."""
-    from wmbench.api import WmbenchError
+    from wmbench.errors import WmbenchError
 
     root = Path(run)
     store = RunStore(root)
