@@ -251,3 +251,19 @@ def test_nbits_selects_the_shipped_checkpoint_of_that_payload() -> None:
 def test_packaged_128_bit_config_validates() -> None:
     _, cfg = load_train_config("specguard128")
     assert cfg.model.name == "specguard" and cfg.model.params["nbits"] == 128
+
+
+@pytest.mark.skipif(
+    not (Path(__file__).parents[1] / "wmbench" / "weights" / "specguard128.safetensors").is_file(),
+    reason="no shipped specguard128 weights",
+)
+def test_shipped_128_bit_weights_decode_at_256() -> None:
+    """params: {nbits: 128} loads the shipped 128-bit checkpoint; it reads its bits back at >= 42 dB (256²)."""
+    from wmbench.data import load_image_set
+
+    m = SpecGuard(nbits=128)
+    m.setup(torch.device("cpu"))
+    assert m.nbits == 128 and m.weights_name == "specguard128"
+    imgs = load_image_set("builtin", size=256, count=6, split="eval").images
+    ev = evaluate(m, imgs, 6)
+    assert ev["bit_acc"] >= 0.98 and ev["psnr"] >= 42.0, ev
