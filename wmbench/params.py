@@ -180,7 +180,9 @@ def params_markdown(kind: str, names: list[str], models: dict[str, type[BaseMode
 
 
 def plugins_markdown() -> str:
-    """``docs/plugins.md``: every registered plugin's params table, from its ``Params`` model (imports them)."""
+    """``docs/plugins.md``: every built-in plugin's params table, from its ``Params`` model (imports them).
+
+    Only wmbench's own plugins: an installed third-party package (or a test registering one) documents its own."""
     from wmbench.registry import attacks, methods
 
     head = [
@@ -192,7 +194,7 @@ def plugins_markdown() -> str:
     ]
     parts = []
     for kind, reg in (("Methods", methods()), ("Attacks", attacks())):
-        names = reg.names()
+        names = [n for n in reg.names() if str(reg.target(n)).startswith("wmbench.")]
         parts.append(params_markdown(kind, names, {n: getattr(reg.get(n), "Params", None) for n in names}))
     return "\n".join(head + parts)
 
