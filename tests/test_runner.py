@@ -134,7 +134,10 @@ def test_readers_leave_a_live_writers_temp_file_alone(tmp_path):
 
 def test_resume_after_kill_9(tmp_path):
     """Kill the run in the middle; the rerun keeps finished cells, adds the rest, no duplicates or gaps."""
-    p = _suite(tmp_path, attacks=[{"name": "test_slow", "strengths": [0.3, 0.31, 0.32, 0.33, 0.34, 0.35]}])
+    # one image per shard: four units of 8 parts each, so a kill after the first unit lands mid-run (a unit's
+    # parts are written together, within milliseconds: one unit could not be caught half-written)
+    slow = [{"name": "test_slow", "strengths": [0.3, 0.31, 0.32, 0.33, 0.34, 0.35]}]
+    p = _suite(tmp_path, attacks=slow, shard_size=1)
     out = tmp_path / "run"
     code = (
         f"import sys; sys.path.insert(0, {str(TESTS)!r}); import wmtest_plugins; wmtest_plugins.register(); "
@@ -145,13 +148,13 @@ def test_resume_after_kill_9(tmp_path):
     log = (tmp_path / "first.log").open("w")  # a file, not a pipe: a full pipe would block the child
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
-    while time.time() < deadline and len(RunStore(out).done()) < 3:
+    while time.time() < deadline and len(RunStore(out).done()) < 8:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     log.close()
     first = {k: (out / "parts" / f"{k}.parquet").stat().st_mtime_ns for k in RunStore(out).done()}
-    assert 3 <= len(first) < 8, (
+    assert 8 <= len(first) < 4 * 8, (
         "the kill should land mid-run:\n" + (tmp_path / "first.log").read_text()[-3000:]
     )
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
