@@ -206,27 +206,6 @@ def test_reloaded_checkpoint_gives_identical_outputs(tiny_run: Path) -> None:
     assert SpecGuard(checkpoint=str(tiny_run), strength=3.0).strength == 3.0
 
 
-def test_packaged_config_validates() -> None:
-    _, cfg = load_train_config("specguard")
-    assert cfg.model.name == "specguard" and cfg.model.params["nbits"] == 64
-
-
-@pytest.mark.skipif(
-    not (Path(__file__).parents[1] / "wmbench" / "weights" / "specguard.safetensors").is_file(),
-    reason="no shipped specguard weights",
-)
-def test_shipped_weights_decode_at_256() -> None:
-    """The shipped checkpoint loads by default and reads its 64 bits back at 256² (clean, 8-bit)."""
-    from wmbench.data import load_image_set
-
-    m = SpecGuard()
-    m.setup(torch.device("cpu"))
-    assert m.nbits == 64
-    imgs = load_image_set("builtin", size=256, count=6, split="eval").images
-    ev = evaluate(m, imgs, 6)
-    assert ev["bit_acc"] >= 0.97 and ev["psnr"] >= 40.0, ev
-
-
 def test_128_bits_round_trip_on_a_tiny_random_net() -> None:
     """The 128-bit operating point's shapes: a random-init net embeds and reads 128 logits per image."""
     m = SpecGuard(**{**SpecGuard.tiny_params(), "nbits": 128})
@@ -248,22 +227,32 @@ def test_nbits_selects_the_shipped_checkpoint_of_that_payload() -> None:
         SpecGuard(nbits=128, weights="specguard")
 
 
-def test_packaged_128_bit_config_validates() -> None:
-    _, cfg = load_train_config("specguard128")
-    assert cfg.model.name == "specguard" and cfg.model.params["nbits"] == 128
+@pytest.mark.parametrize(("config", "nbits"), [("specguard", 64), ("specguard128", 128)])
+def test_packaged_config_validates(config: str, nbits: int) -> None:
+    _, cfg = load_train_config(config)
+    assert cfg.model.name == "specguard" and cfg.model.params["nbits"] == nbits
 
 
-@pytest.mark.skipif(
-    not (Path(__file__).parents[1] / "wmbench" / "weights" / "specguard128.safetensors").is_file(),
-    reason="no shipped specguard128 weights",
+WEIGHTS = Path(__file__).parents[1] / "wmbench" / "weights"
+
+
+@pytest.mark.parametrize(
+    ("params", "stem", "nbits", "min_acc", "min_psnr"),
+    [({}, "specguard", 64, 0.97, 40.0), ({"nbits": 128}, "specguard128", 128, 0.98, 42.0)],
+    ids=["64", "128"],
 )
-def test_shipped_128_bit_weights_decode_at_256() -> None:
-    """params: {nbits: 128} loads the shipped 128-bit checkpoint; it reads its bits back at >= 42 dB (256²)."""
+def test_shipped_weights_decode_at_256(
+    params: dict[str, Any], stem: str, nbits: int, min_acc: float, min_psnr: float
+) -> None:
+    """Each shipped checkpoint loads from its params (no params: 64 bits; nbits: 128 selects specguard128) and
+    reads its bits back at 256² (clean, 8-bit) at its operating point's PSNR."""
     from wmbench.data import load_image_set
 
-    m = SpecGuard(nbits=128)
+    if not (WEIGHTS / f"{stem}.safetensors").is_file():
+        pytest.skip(f"no shipped {stem} weights")
+    m = SpecGuard(**params)
     m.setup(torch.device("cpu"))
-    assert m.nbits == 128 and m.weights_name == "specguard128"
+    assert m.nbits == nbits and m.weights_name == stem
     imgs = load_image_set("builtin", size=256, count=6, split="eval").images
     ev = evaluate(m, imgs, 6)
-    assert ev["bit_acc"] >= 0.98 and ev["psnr"] >= 42.0, ev
+    assert ev["bit_acc"] >= min_acc and ev["psnr"] >= min_psnr, ev
