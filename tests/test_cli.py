@@ -113,3 +113,30 @@ def test_list_json_gives_whole_values(kind):
         assert isinstance(rows["dwtdct"]["nbits"], int) and rows["rivagan"]["description"]
     else:
         assert rows["lpips"]["higher_is_better"] is False and rows["bit_acc"]["kind"] == "bits"
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "stream", "text"),
+    [
+        (["list", "methods"], 0, "stdout", "dwtdct"),
+        (["params", "no_such_plugin"], 2, "stderr", "unknown method 'no_such_plugin'"),
+        (["validate", "/no/such/suite.yaml"], 2, "stderr", "suite file not found"),
+    ],
+)
+def test_console_script_exits_with_the_command_code_and_flushes(argv, code, stream, text, tmp_path):
+    """``main`` (the installed ``wmbench``) skips the interpreter's teardown: its exit code and every line the
+    command printed must survive that, piped or not, and exit handlers still run."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "atexit_ran"
+    prog = (
+        "import atexit, pathlib, sys; "
+        f"atexit.register(lambda: pathlib.Path({str(marker)!r}).write_text('x')); "
+        f"sys.argv = ['wmbench', *{argv!r}]; "
+        "from wmbench.cli import main; main()"
+    )
+    r = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=120)
+    assert r.returncode == code, r.stderr
+    assert text in getattr(r, stream)
+    assert marker.is_file()

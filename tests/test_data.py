@@ -324,3 +324,19 @@ def test_to_uint8_numpy_path_equals_torch_rounding() -> None:
     for x in cases:
         assert torch.equal(to_uint8(x), ref(x))
     assert torch.equal(to_uint8(k.double() / 255), ref(k.double() / 255))  # other dtypes: the torch path
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg", "bmp", "webp", "tiff"])
+def test_exact_size_covers_read_straight_to_bytes(tmp_path: Path, fmt: str) -> None:
+    """An 8-bit RGB file already at the cover size skips the float round trip, with the same values; any other
+    file (another size, a mode with alpha) still takes it."""
+    rng = np.random.default_rng(0)
+    p = tmp_path / f"a.{fmt}"
+    Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(p)
+    fast = load_image(p, exact_u8=40)
+    assert fast.dtype == torch.uint8 and fast.shape == (3, 40, 40)
+    assert torch.equal(fast, to_uint8(resize_center_crop(load_image(p), 40)))
+    assert load_image(p, exact_u8=32).dtype == torch.float32  # not the cover size: the float path
+    q = tmp_path / "rgba.png"
+    Image.fromarray(rng.integers(0, 256, (40, 40, 4), dtype=np.uint8)).save(q)
+    assert load_image(q, exact_u8=40).dtype == torch.float32  # alpha is composited over white in float

@@ -39,8 +39,13 @@ __all__ = [
 
 
 def quantize_8bit(x: Tensor) -> Tensor:
-    """Round to the 8-bit grid, as saving a PNG would.  # b 3 h w -> b 3 h w"""
-    return torch.round(x.clamp(0, 1) * 255.0) / 255.0
+    """Round to the 8-bit grid, as saving a PNG would.  # b 3 h w -> b 3 h w
+
+    In place on one fresh tensor (the same values as ``round(clamp(x) * 255) / 255``): it runs on every batch of
+    every cell, and each temporary of an image batch is megabytes of fresh pages."""
+    if x.requires_grad:
+        return torch.round(x.clamp(0, 1) * 255.0) / 255.0
+    return x.clamp(0, 1).mul_(255.0).round_().div_(255.0)
 
 
 def params_fingerprint(name: str, params: dict[str, Any], extra: str = "") -> str:

@@ -10,6 +10,8 @@ import hashlib
 import io
 import json
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +43,7 @@ class WatermarkCache:
 
     def __init__(self, fingerprint: str, root: Path | None = None) -> None:
         self.dir = (root or home() / "cache" / "wm") / fingerprint
+        self._pending: list[Future[None]] = []
 
     def get(self, key: str) -> tuple[torch.Tensor, float] | None:
         png, meta = self.dir / f"{key}.png", self.dir / f"{key}.json"
@@ -60,10 +63,32 @@ class WatermarkCache:
         return torch.from_numpy(arr.copy()).permute(2, 0, 1), t
 
     def put(self, key: str, img: torch.Tensor, t_embed: float) -> None:
-        """img: 3 h w uint8."""
+        """img: 3 h w uint8.  No fsync: every read checks the pixels' sha256, so a torn entry is recomputed."""
         arr = img.permute(1, 2, 0).contiguous().numpy()
         buf = io.BytesIO()
         Image.fromarray(arr).save(buf, format="PNG", compress_level=1)
         info = {"t_embed": t_embed, "sha256": hashlib.sha256(arr.tobytes()).hexdigest()}
-        atomic_write_bytes(self.dir / f"{key}.png", buf.getvalue())
-        atomic_write_bytes(self.dir / f"{key}.json", json.dumps(info).encode())
+        atomic_write_bytes(self.dir / f"{key}.png", buf.getvalue(), durable=False)
+        atomic_write_bytes(self.dir / f"{key}.json", json.dumps(info).encode(), durable=False)
+
+    def put_later(self, key: str, img: torch.Tensor, t_embed: float) -> None:
+        """``put`` in the background writer, so PNG encoding (which releases the GIL) overlaps the cells that
+        follow; ``flush`` waits for it.  img: 3 h w uint8 (not modified afterwards by the caller)."""
+        self._pending.append(_writer().submit(self.put, key, img, t_embed))
+
+    def flush(self) -> list[str]:
+        """Wait for the background writes; -> one message per entry that could not be written (the run goes on:
+        a cache entry is an optimisation, never a result)."""
+        errors = []
+        for f in self._pending:
+            exc = f.exception()
+            if exc is not None:
+                errors.append(f"watermark cache {self.dir}: {type(exc).__name__}: {exc}")
+        self._pending = []
+        return errors
+
+
+@lru_cache(maxsize=1)
+def _writer() -> ThreadPoolExecutor:
+    """One writer thread per process: cache entries of one unit are written while its cells run."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="wmbench-cache")

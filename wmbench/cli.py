@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from enum import StrEnum
@@ -192,6 +193,21 @@ def params_cmd(
             sys.stdout.write("\t".join(k if v is None else v for k, v in r.items()) + "\n")
 
 
+def _preimport_report() -> None:
+    """Import the report's libraries (matplotlib, scipy.stats: ~2 s) in a background thread while the cells run,
+    which spend most of their time in torch / numpy / codec calls that release the GIL.  ``run`` then writes the
+    report without waiting for them; a failed import surfaces there, in the main thread, as before."""
+    import threading
+
+    def imp() -> None:
+        try:
+            import wmbench.report  # noqa: F401
+        except Exception:  # noqa: BLE001 - re-raised by the main thread's own import
+            pass
+
+    threading.Thread(target=imp, name="wmbench-preimport", daemon=True).start()
+
+
 def _load(suite_path: Path, limit: int | None = None):
     from wmbench.suite import load_suite
 
@@ -329,6 +345,7 @@ def run(
             ),
             console=err,
         )
+        _preimport_report()
         res = runner.run()
     except WmbenchError as e:
         raise _fail(e) from None
@@ -588,5 +605,32 @@ def train(
     out.print(f"weights: {weights}  card: {card}", soft_wrap=True)
 
 
+def main() -> None:
+    """The console script: ``app``, then a quick exit.
+
+    Why: tearing down the interpreter after a run (module by module: torch, pandas, pyarrow, matplotlib) took
+    ~2 s here, longer than writing the report.  The exit handlers still run (a Ray driver's shutdown, thread pools,
+    temp-file finalizers, logging), the streams are flushed, and only the module teardown is skipped — everything
+    the command wrote is already closed.  In-process callers (tests, ``typer.testing``) use ``app`` itself."""
+    import atexit
+
+    code: int | str | None = 0
+    try:
+        app()
+    except SystemExit as e:
+        code = e.code
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    if isinstance(code, str):  # SystemExit("message"): print it as the interpreter would
+        sys.stderr.write(code + "\n")
+        sys.stderr.flush()
+        code = 1
+    os._exit(code or 0)
+
+
 if __name__ == "__main__":
-    app()
+    main()

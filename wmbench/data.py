@@ -305,7 +305,8 @@ def _reason(e: WmbenchError, p: Path) -> str:
 def _read_one(p: Path, size: int) -> torch.Tensor | str:
     """-> 3 size size uint8, or the reason the file cannot be read."""
     try:
-        return to_uint8(resize_center_crop(load_image(p), size))
+        img = load_image(p, exact_u8=size)
+        return img if img.dtype == torch.uint8 else to_uint8(resize_center_crop(img, size))
     except WmbenchError as e:
         return _reason(e, p)
 
@@ -476,15 +477,25 @@ def _limited_folder(root: Path | None, size: int, count: int | None, limit: int)
         return _folder_source(root, size, None)
 
 
+#: decoded covers the folder scan keeps for the run's first ``load`` of them (MB): below it a folder is decoded once,
+#: not twice (scan, then shard); above it the rest are read again per shard and checked against their digests
+SCAN_KEEP_MB = 256
+
+
 def _folder_source(root: Path, size: int, count: int | None) -> ImageSource:
     digests: list[str] = []
     total = hashlib.sha256()
     paths: list[Path] = []
+    kept: dict[int, torch.Tensor] = {}
+    budget = [SCAN_KEEP_MB * 2**20]
 
     def keep(p: Path, img: torch.Tensor) -> None:
         b = img.contiguous().numpy().tobytes()
         total.update(b)
         digests.append(hashlib.sha256(b).hexdigest())
+        if len(b) <= budget[0]:
+            budget[0] -= len(b)
+            kept[len(paths)] = img
         paths.append(p)
 
     ids, skipped, n_files = _scan_folder(root, size, count, keep)
@@ -492,7 +503,10 @@ def _folder_source(root: Path, size: int, count: int | None) -> ImageSource:
 
     def load(a: int, b: int) -> torch.Tensor:
         out = []
-        for p, d in zip(paths[a:b], digests[a:b], strict=True):
+        for i, (p, d) in enumerate(zip(paths[a:b], digests[a:b], strict=True), start=a):
+            if i in kept:  # decoded by the scan: the very pixels its digest was taken of
+                out.append(kept[i])
+                continue
             img = _read_one(p, size)
             if isinstance(img, str) or hashlib.sha256(img.contiguous().numpy().tobytes()).hexdigest() != d:
                 raise WmbenchError(

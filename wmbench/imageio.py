@@ -112,9 +112,12 @@ def _read_16bit_colour(path: Path, orientation: int) -> np.ndarray | None:
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def load_image(path: Path) -> torch.Tensor:
+def load_image(path: Path, exact_u8: int | None = None) -> torch.Tensor:
     """Read an image file as RGB, EXIF orientation applied, alpha over white.  -> 3 h w float32 in [0,1]
 
+    ``exact_u8=size``: an 8-bit RGB file of exactly size × size (no EXIF turn) comes back as its 3 h w uint8
+    pixels, the values ``to_uint8(resize_center_crop(load_image(p), size))`` would give, without the float
+    round trip (a folder of ready-made covers is read once per run, and twice as fast).
     Raises WmbenchError naming the file when it is missing, truncated, corrupt or not an image.
     """
     path = Path(path)
@@ -128,6 +131,9 @@ def load_image(path: Path) -> torch.Tensor:
                 _check_jpeg_complete(path)
             im.load()
             orientation = int(im.getexif().get(0x0112, 1) or 1)
+            if exact_u8 is not None and not deep and im.mode == "RGB" and orientation == 1:
+                if im.size == (exact_u8, exact_u8):  # already a cover: its bytes are the answer
+                    return torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1).contiguous()
             arr = _read_16bit_colour(path, orientation) if deep else None
             if arr is None:
                 arr = _to_float_rgb(ImageOps.exif_transpose(im), fmt, bits)

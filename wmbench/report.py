@@ -531,7 +531,7 @@ def _figure_sections(
 
 
 def _grids(df: pd.DataFrame, mans: list[dict], signs: dict[str, int], out: Path) -> list[tuple[str, Path]]:
-    from wmbench import plots
+    from wmbench import grids as plots
 
     runs = list(dict.fromkeys(df["_run"]))
     grids = []
@@ -642,7 +642,7 @@ def build_report(runs: list[Path], out: Path, pool: bool = False) -> dict[str, P
             else None
         )
         scatter = None
-        if not overall.empty:
+        if len(overall.table) > 1:  # one method: the ranking table already says it; a lone point compares nothing
             scatter = plots.scatter(overall.table, q, out / "quality_vs_robustness.png")
         clean = df[df["source"] == "clean"]
         quality = _quality_sections(wm, clean, q)

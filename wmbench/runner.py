@@ -480,6 +480,7 @@ class Runner:
             console=self.console,
             disable=not self.opts.progress,
             transient=False,
+            refresh_per_second=2,  # rich's default 10 Hz rebuilt the bars' table ~200 times in a 20 s run: ~9 % of it
         )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import platform
 import time
 import traceback
+import warnings
 from collections import OrderedDict
 from typing import Any
 
@@ -66,6 +67,7 @@ class Session:
         self.image_metrics = [m for m in suite.metrics if m in M.IMAGE_METRICS]
         self._methods: OrderedDict[str, Method | SkipCell] = OrderedDict()
         self.timings: dict[str, float] = {}
+        self._caches: list[WatermarkCache] = []  # this unit's caches with writes still in flight
 
     # ------------------------------------------------------------------ plumbing
     def _tick(self, key: str, dt: float) -> None:
@@ -96,7 +98,7 @@ class Session:
         return m
 
     def _f(self, u8: torch.Tensor) -> torch.Tensor:
-        return u8.to(self.device).float() / 255.0
+        return u8.to(self.device).float().div_(255.0)  # one temporary fewer than "/ 255.0", the same values
 
     # ------------------------------------------------------------------ a unit
     def run_unit(self, unit: Unit, covers: torch.Tensor) -> UnitResult:
@@ -118,6 +120,7 @@ class Session:
             wm, t_embed = self._embed(method, covers, msgs)
         except Exception as e:
             res.error = error_record(label, "embed", None, None, e)
+            self._flush_caches()
             return res
         quality = unit.quality
         if quality is None:
@@ -127,8 +130,11 @@ class Session:
             res.quality = quality
         self._examples(res, unit, "cover", covers)
         self._examples(res, unit, "wm", wm)
-        for cell in unit.cells:
-            res.cells.append(self._cell(method, unit, cell, covers, wm, msgs, quality, res))
+        try:
+            for cell in unit.cells:
+                res.cells.append(self._cell(method, unit, cell, covers, wm, msgs, quality, res))
+        finally:
+            self._flush_caches()
         res.timings = dict(self.timings)
         return res
 
@@ -165,11 +171,22 @@ class Session:
                 raise WmbenchError(
                     f"method {method.name!r}: embed returned shape {tuple(y.shape)} for {tuple(x.shape)}"
                 )
-            y8 = (quantize_8bit(y) * 255.0).round().to(torch.uint8).cpu()
+            y8 = (
+                y.detach().clamp(0, 1).mul_(255.0).round_().to(torch.uint8).cpu()
+            )  # quantize_8bit's values, as bytes
             for r, i in enumerate(idx):
                 out[i], times[i] = y8[r], dt / len(idx)
-                cache.put(keys[i], y8[r], dt / len(idx))
+                cache.put_later(keys[i], y8[r], dt / len(idx))
+        self._caches.append(cache)
         return out, times
+
+    def _flush_caches(self) -> None:
+        """Wait for the unit's cache writes; a failed one is a warning (the results do not depend on it)."""
+        errors = [e for c in self._caches for e in c.flush()]
+        self._caches = []
+        if errors:
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            warnings.warn(f"{errors[0]}{more}; those entries will be recomputed next time", stacklevel=2)
 
     def _quality(
         self, ids: list[str], covers: torch.Tensor, wm: torch.Tensor, t_embed: np.ndarray
@@ -248,11 +265,12 @@ class Session:
         cell_id = (self.suite.seed, unit.method.label, cell.attack_label, float(cell.strength))
         for j in range(0, n, self.batch):
             sl = slice(j, j + self.batch)
-            cover = self._f(covers[sl])
-            t0 = time.perf_counter()
             if ap is None:
-                y = cover
+                y = self._f(covers[sl])
+                t0 = time.perf_counter()
             else:
+                cover = self._f(covers[sl]) if ap.attack.needs_cover else None  # converted only if used
+                t0 = time.perf_counter()
                 x = self._f(wm[sl])
                 y = self._attack(
                     ap.attack, x, cover, cell, method, ImageGens.for_cell(*cell_id, image_ids=ids[sl])
@@ -276,12 +294,12 @@ class Session:
                     f"method {method.name!r}: extract returned {tuple(logits.shape)}, expected {(nb, msgs_k)}"
                 )
             logits_all.append(logits.cpu())
-            trim_heap()  # free heap pages back to the system, else RSS climbs batch by batch (wmbench/memory.py)
             if ap is not None:
                 for g in unit.example_slots:
                     r = g - unit.shard.start - j
                     if 0 <= r < nb:
                         res.examples.append((f"{g}_{cell.cell}", (y[r] * 255).round().to(torch.uint8).cpu()))
+        trim_heap()  # free heap pages back to the system once per cell, else RSS climbs cell by cell (memory.py)
         pa = torch.cat(psnr_att).numpy() if psnr_att else None
         return torch.cat(logits_all), pa, t_att, t_ext, stats
 

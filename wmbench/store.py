@@ -37,11 +37,14 @@ def atomic_path(path: Path) -> Iterator[str]:
         raise
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically; ``durable`` also fsyncs it (results, manifests).  A cache whose
+    entries carry their own checksum skips the fsync: a file lost to a power cut is recomputed, not trusted."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
