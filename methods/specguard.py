@@ -456,6 +456,8 @@ class SpecGuard(TrainingHooks, TrainableMethod):
         """Make the nets trainable and build the optimiser (encoder at ``encoder_lr_scale`` × lr); ``gen``
         (CPU) draws the training messages."""
         enc, dec = self._ready()
+        # a fine-tune trains at the strength it is given (not the start checkpoint's), and its checkpoint says so
+        self.arch["strength"] = self.strength
         for n in self._nets():
             n.requires_grad_(True)
         opt = torch.optim.Adam(

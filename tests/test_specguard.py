@@ -256,3 +256,23 @@ def test_shipped_weights_decode_at_256(
     imgs = load_image_set("builtin", size=256, count=6, split="eval").images
     ev = evaluate(m, imgs, 6)
     assert ev["bit_acc"] >= min_acc and ev["psnr"] >= min_psnr, ev
+
+
+def test_a_fine_tune_trains_at_the_strength_it_is_given(tiny_run: Path, tmp_path: Path) -> None:
+    """init_from + an explicit strength: the training steps embed at that strength (not the start checkpoint's),
+    and the checkpoint written records it (configs/specguard_robust.yaml relies on this)."""
+    data = yaml.safe_load(TINY.read_text())
+    start = SpecGuard(checkpoint=str(tiny_run)).arch["strength"]
+    data["model"]["params"]["strength"] = 2 * start
+    data["model"]["init_from"] = str(tiny_run)
+    data.update(steps=4, checkpoint_every=4)
+    p = tmp_path / "ft.yaml"
+    p.write_text(yaml.safe_dump(data))
+    out = train(p, tmp_path / "ft")
+    m = SpecGuard(checkpoint=str(out))
+    assert m.arch["strength"] == m.strength == 2 * start
+    rows = [json.loads(ln) for ln in (tmp_path / "ft" / "log.jsonl").read_text().splitlines()]
+    base = [json.loads(ln) for ln in (tiny_run.parent / "log.jsonl").read_text().splitlines()]
+    first = next(r for r in rows if r["kind"] == "train")
+    last_base = [r for r in base if r["kind"] == "train"][-1]
+    assert first["psnr"] < last_base["psnr"] - 3  # twice the strength: ~6 dB lower, not the start's PSNR
