@@ -35,7 +35,14 @@ def test_unreadable_classes_fall_back_to_import() -> None:
 
 
 @pytest.mark.parametrize(
-    "argv", [["--help"], ["list", "attacks"], ["list", "methods"], ["list", "attacks", "--json"]]
+    "argv",
+    [
+        ["--help"],
+        ["list", "attacks"],
+        ["list", "methods"],
+        ["list", "attacks", "--json"],
+        ["list", "metrics"],
+    ],
 )
 def test_help_and_list_do_not_import_torch(argv: list[str]) -> None:
     code = (
@@ -48,3 +55,13 @@ def test_help_and_list_do_not_import_torch(argv: list[str]) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("NO-TORCH"), out.stdout[-300:]
+
+
+def test_metric_listing_is_the_metrics_own_table() -> None:
+    """``list metrics`` reads wmbench.metric_meta; the registries are built from the same table."""
+    from wmbench import metrics as M
+    from wmbench.metric_meta import METRICS
+
+    built = {n: ("image", m.higher_is_better, m.description) for n, m in M.IMAGE_METRICS.items()}
+    built |= {n: ("bits", m.higher_is_better, m.description) for n, m in M.BIT_METRICS.items()}
+    assert built == METRICS and list(built) == list(METRICS)

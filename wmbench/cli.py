@@ -124,12 +124,11 @@ def _list_rows(kind: Kind) -> list[dict[str, Any]]:
     from wmbench.static_meta import plugin_meta
 
     if kind is Kind.metrics:
-        from wmbench import metrics as M
+        from wmbench.metric_meta import METRICS
 
         return [
-            {"name": n, "kind": k, "higher_is_better": m.higher_is_better, "description": m.description}
-            for k, reg in (("image", M.IMAGE_METRICS), ("bits", M.BIT_METRICS))
-            for n, m in reg.items()
+            {"name": n, "kind": k, "higher_is_better": better, "description": text}
+            for n, (k, better, text) in METRICS.items()
         ]
     reg = methods() if kind is Kind.methods else attacks()
     keys = tuple(k for _, k, _ in LIST_COLUMNS[kind] if k != "name")

@@ -28,6 +28,7 @@ from wmbench.detection import (  # noqa: F401  (re-exported: the detection API l
     empirical_tpr,
 )
 from wmbench.lpips_net import lpips_distance
+from wmbench.metric_meta import METRICS
 
 SSIM_KERNEL = 11
 SSIM_SIGMA = 1.5
@@ -229,29 +230,20 @@ def lpips(ref: Tensor, test: Tensor) -> Tensor:
     )
 
 
-IMAGE_METRICS: dict[str, ImageMetric] = {
-    m.name: m
-    for m in [
-        ImageMetric("psnr", psnr, True, "PSNR in dB (data range 1); inf for identical images"),
-        ImageMetric("ssim", ssim, True, "SSIM, gaussian window 11 px, sigma 1.5"),
-        ImageMetric(
-            "ms_ssim", ms_ssim, True, "MS-SSIM, 5 scales from 176 px, fewer below (renormalised betas)"
-        ),
-        ImageMetric("lpips", lpips, False, "LPIPS v0.1 AlexNet (perceptual distance)"),
-    ]
+_IMAGE_FNS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "psnr": psnr,
+    "ssim": ssim,
+    "ms_ssim": ms_ssim,
+    "lpips": lpips,
 }
-
+#: name, direction and description come from ``wmbench.metric_meta`` (what ``wmbench list metrics`` prints)
+IMAGE_METRICS: dict[str, ImageMetric] = {
+    n: ImageMetric(n, _IMAGE_FNS[n], better, text)
+    for n, (kind, better, text) in METRICS.items()
+    if kind == "image"
+}
 BIT_METRICS: dict[str, BitMetric] = {
-    m.name: m
-    for m in [
-        BitMetric("bit_acc", True, "fraction of message bits decoded right (bit = logit > 0)"),
-        BitMetric("ber", False, "bit error rate, 1 - bit_acc"),
-        BitMetric("n_bit_err", False, "number of wrong bits"),
-        BitMetric("word_acc", True, "1 if every bit is right, else 0"),
-        BitMetric(
-            "p_value", False, "one-sided binomial P(X >= matches), X ~ Bin(k, 1/2): chance of a clean image"
-        ),
-    ]
+    n: BitMetric(n, better, text) for n, (kind, better, text) in METRICS.items() if kind == "bits"
 }
 
 
