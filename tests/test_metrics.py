@@ -527,3 +527,19 @@ def test_score_errors(tmp_path: Path) -> None:
         score_paths(tmp_path / "ref" / "a.png", tmp_path / "other")
     with pytest.raises(WmbenchError, match="does not exist"):
         score_paths(tmp_path / "nope.png", tmp_path / "ref" / "a.png")
+
+
+def test_quantize_8bit_in_place_path_equals_the_formula() -> None:
+    """quantize_8bit rounds in place on one fresh tensor without autograd; the values are the formula's, the
+    input is untouched, and with autograd it stays differentiable (zero gradient outside [0, 1])."""
+    from wmbench.api import quantize_8bit
+
+    g = torch.Generator().manual_seed(3)
+    k = torch.arange(256, dtype=torch.float32)
+    for x in (torch.rand(2, 3, 17, 9, generator=g) * 1.4 - 0.2, (k + 0.5) / 255, k / 255):
+        before = x.clone()
+        assert torch.equal(quantize_8bit(x), torch.round(x.clamp(0, 1) * 255.0) / 255.0)
+        assert torch.equal(x, before)
+    x = (torch.rand(4, generator=g) * 1.4 - 0.2).requires_grad_(True)
+    y = quantize_8bit(x)
+    assert y.requires_grad and torch.equal(y.detach(), torch.round(x.detach().clamp(0, 1) * 255.0) / 255.0)
