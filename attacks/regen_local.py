@@ -40,18 +40,20 @@ from wmbench.rng import Gen
 
 from .regeneration import _pad_to, params_label
 
-DOWNSAMPLE = 16
+DOWNSAMPLE = 16  # the default layout's (levels = 4); a codec's own factor is Codec.factor
 #: architecture params (stored in the checkpoint's metadata) and their defaults
-ARCH_DEFAULTS: dict[str, Any] = {"N": 64, "M": 96, "max_step": 8.0}
+ARCH_DEFAULTS: dict[str, Any] = {"N": 64, "M": 96, "max_step": 8.0, "levels": 4}
 _LIK_MIN = 1e-9
 #: relative strengths the card's evaluation reports
 EVAL_STRENGTHS = (0.0, 0.5, 1.0)
 
 
 class Codec(nn.Module):
-    """bmshj2018-factorized with N/M channels.  g_a: b 3 h w -> b M h/16 w/16; g_s: the inverse."""
+    """bmshj2018-factorized with N/M channels and ``levels`` stride-2 stages (4 as in the paper: 16×; 3: 8×, for
+    high-fidelity rates a small net cannot reach through a 16× bottleneck).
+    g_a: b 3 h w -> b M h/2^levels w/2^levels; g_s: the inverse."""
 
-    def __init__(self, n: int, m: int) -> None:
+    def __init__(self, n: int, m: int, levels: int = 4) -> None:
         from compressai.entropy_models import EntropyBottleneck
         from compressai.layers import GDN
 
@@ -63,16 +65,11 @@ class Codec(nn.Module):
         def up(cin: int, cout: int) -> nn.ConvTranspose2d:
             return nn.ConvTranspose2d(cin, cout, 5, stride=2, padding=2, output_padding=1)
 
-        self.g_a = nn.Sequential(down(3, n), GDN(n), down(n, n), GDN(n), down(n, n), GDN(n), down(n, m))
-        self.g_s = nn.Sequential(
-            up(m, n),
-            GDN(n, inverse=True),
-            up(n, n),
-            GDN(n, inverse=True),
-            up(n, n),
-            GDN(n, inverse=True),
-            up(n, 3),
-        )
+        mid_a = [layer for _ in range(levels - 2) for layer in (down(n, n), GDN(n))]
+        mid_s = [layer for _ in range(levels - 2) for layer in (up(n, n), GDN(n, inverse=True))]
+        self.g_a = nn.Sequential(down(3, n), GDN(n), *mid_a, down(n, m))
+        self.g_s = nn.Sequential(up(m, n), GDN(n, inverse=True), *mid_s, up(n, 3))
+        self.factor = 2**levels
         self.entropy_bottleneck = EntropyBottleneck(m)
 
     def medians(self) -> Tensor:
@@ -92,6 +89,20 @@ class Codec(nn.Module):
         lik = (torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower)).abs()
         lik = lik.reshape(c, b, h, w).permute(1, 0, 2, 3)
         return lik.clamp_min(_LIK_MIN)
+
+
+def _distortion_term(x_hat: Tensor, x: Tensor, r: Tensor, wt: dict[str, float]) -> Tensor:
+    """λ(r)·MSE, λ geometric in r from ``distortion`` (r = 0) to ``distortion_strong`` (r = 1).  x: b 3 h w, r: b 1 1 1
+
+    A rate-dependent λ lets one network span the zoo's quality levels: the fine steps are trained for fidelity
+    (high λ), the coarse ones for rate."""
+    lam0 = wt["distortion"]
+    lam1 = wt.get("distortion_strong", 0.0) or lam0
+    if lam1 == lam0:
+        return lam0 * F.mse_loss(x_hat, x)
+    lam = lam0 * (lam1 / lam0) ** r.flatten()  # b
+    per_image = (x_hat - x).pow(2).flatten(1).mean(1)  # b
+    return (lam * per_image).mean()
 
 
 def quantize(y: Tensor, medians: Tensor, delta: Tensor | float) -> Tensor:
@@ -114,8 +125,10 @@ class RegenLocal(TrainingHooks, Attack):
     differentiable = False
     default_strengths = (0.0, 0.5, 1.0)
     strength_range = (0.0, 1.0)
-    #: training loss: distortion·MSE + rate·bpp (distortion 845 ≈ CompressAI's λ = 0.013 at quality 4, × 255²)
-    loss_weights: ClassVar[dict[str, float]] = {"distortion": 845.0, "rate": 1.0}
+    #: training loss: λ(r)·MSE + rate·bpp with λ(r) = distortion·(distortion_strong/distortion)**r, geometric in r
+    #: between the weights at r = 0 and r = 1 (CompressAI's λ × 255²: 845 = quality 4, 11700 = quality 8); a
+    #: distortion_strong of 0 means "the same as distortion" (one λ for every step)
+    loss_weights: ClassVar[dict[str, float]] = {"distortion": 845.0, "distortion_strong": 0.0, "rate": 1.0}
     train_stats: ClassVar[tuple[str, ...]] = ("loss", "mse", "psnr", "bpp", "aux_loss")
     eval_description = (
         "PSNR (dB) of 8-bit reconstructions vs the input and coded bits per pixel (real rANS strings), at "
@@ -135,6 +148,9 @@ class RegenLocal(TrainingHooks, Attack):
         M: int = Int(ARCH_DEFAULTS["M"], ge=1, le=1024, description="architecture: latent channels")
         max_step: float = Num(
             ARCH_DEFAULTS["max_step"], ge=1, le=1e6, description="architecture: latent step at strength 1"
+        )
+        levels: int = Int(
+            ARCH_DEFAULTS["levels"], ge=2, le=6, description="architecture: stride-2 stages (4: 16x, 3: 8x)"
         )
 
     def __init__(self, **params: Any) -> None:
@@ -185,7 +201,7 @@ class RegenLocal(TrainingHooks, Attack):
             )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            net = Codec(self.arch["N"], self.arch["M"])
+            net = Codec(self.arch["N"], self.arch["M"], int(self.arch["levels"]))
         if self.ckpt_path is not None:
             from safetensors.torch import load_file
 
@@ -299,7 +315,7 @@ class RegenLocal(TrainingHooks, Attack):
         net = self._ready(x.device)
         h, w = x.shape[-2:]
         with torch.no_grad():
-            xp = _pad_to(x.detach().float().clamp(0, 1), DOWNSAMPLE)  # b 3 h' w'
+            xp = _pad_to(x.detach().float().clamp(0, 1), net.factor)  # b 3 h' w'
             y_hat, strings = self._code(net.g_a(xp), delta)
             out = net.g_s(y_hat)[..., :h, :w]  # b 3 h w
         self.last_stats = {
@@ -313,13 +329,14 @@ class RegenLocal(TrainingHooks, Attack):
         delta = self.step(strength)
         net = self._ready(x.device)
         h, w = x.shape[-2:]
-        y = net.g_a(_pad_to(x.float(), DOWNSAMPLE))
+        y = net.g_a(_pad_to(x.float(), net.factor))
         y_hat = y + (quantize(y, net.medians().to(y), delta) - y).detach()
         return net.g_s(y_hat)[..., :h, :w].clamp(0, 1).to(x.dtype)
 
     def encoder(self) -> _Encoder:
         """The analysis transform behind the AutoencoderKL-like interface ``vae_embedding`` attacks."""
-        return _Encoder(self._ready().g_a)
+        net = self._ready()
+        return _Encoder(net.g_a, net.factor)
 
     # ------------------------------------------------------------------------------------------ evaluation
     def evaluate_model(self, images: Tensor, batch_size: int) -> dict[str, Any]:
@@ -393,9 +410,9 @@ class RegenLocal(TrainingHooks, Attack):
         bpp = -torch.log2(lik).sum() / (b * h * w)
         y_hat = y + (quantize(y, net.medians().to(y), delta) - y).detach()
         x_hat = net.g_s(y_hat)
-        mse = F.mse_loss(x_hat, x)
         wt = t["w"]
-        loss = wt["distortion"] * mse + wt["rate"] * bpp
+        mse = F.mse_loss(x_hat, x)
+        loss = _distortion_term(x_hat, x, r, wt) + wt["rate"] * bpp
         t["opt"].zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for gr in t["opt"].param_groups for p in gr["params"]], 1.0)
@@ -436,9 +453,10 @@ class _Encoded:
 class _Encoder(nn.Module):
     """``encode(2x − 1).latent_dist.mean`` = g_a(x) (unquantised), the interface ``vae_embedding`` uses."""
 
-    def __init__(self, g_a: nn.Module) -> None:
+    def __init__(self, g_a: nn.Module, factor: int = DOWNSAMPLE) -> None:
         super().__init__()
         self.g_a = g_a
+        self.factor = factor
 
     def encode(self, z: Tensor) -> _Encoded:
-        return _Encoded(self.g_a(_pad_to((z + 1.0) / 2.0, DOWNSAMPLE)))
+        return _Encoded(self.g_a(_pad_to((z + 1.0) / 2.0, self.factor)))

@@ -70,7 +70,7 @@ def test_training_lowers_the_loss(tiny_run: Path) -> None:
 def test_card_reports_psnr_and_bpp(tiny_run: Path) -> None:
     card = json.loads((tiny_run.parent / "regen_local_tiny.json").read_text())
     assert card["kind"] == "attack" and card["method"] == "regen_local"
-    assert card["architecture"] == {"N": 8, "M": 8, "max_step": 8.0}
+    assert card["architecture"] == {"N": 8, "M": 8, "max_step": 8.0, "levels": 4}
     ev = card["eval"]
     for k in ("psnr", "bpp", "psnr_r0.5", "bpp_r0.5", "psnr_r1", "bpp_r1"):
         assert np.isfinite(ev[k]), k
@@ -199,8 +199,9 @@ def test_shipped_codec_stronger_is_worse() -> None:
         bpps.append(float(atk.last_stats["bpp"].mean()))
     assert all(a > b for a, b in zip(psnrs, psnrs[1:], strict=False)), psnrs
     assert all(a > b for a, b in zip(bpps, bpps[1:], strict=False)), bpps
-    # shipped codec on these 8 tiles: 24.9 dB at 1.02 bpp (r = 0) .. 23.7 dB at 0.36 bpp (r = 1)
-    assert psnrs[0] > 23 and psnrs[-1] < psnrs[0] - 0.5 and bpps[-1] < 0.5 * bpps[0], (psnrs, bpps)
+    # shipped codec on these 8 (harder than average) tiles: 28.8 dB at 3.71 bpp (r = 0) .. 25.8 dB at 0.88 bpp
+    # (r = 1); over all 158 eval tiles 31.4 -> 27.x dB (docs/regen_local.md): the zoo-like span issue 11 asks for
+    assert psnrs[0] > 27.5 and psnrs[-1] < psnrs[0] - 2.5 and bpps[-1] < 0.3 * bpps[0], (psnrs, bpps)
 
 
 @needs_shipped
@@ -230,3 +231,31 @@ def test_vae_embedding_defaults_to_the_local_encoder() -> None:
         noise = (x + 8 / 255 * torch.randn(x.shape, generator=_gen(5)).sign()).clamp(0, 1)
         rand = (enc.encode(noise * 2 - 1).latent_dist.mean - z0).pow(2).mean()
     assert moved > rand
+
+
+@pytest.mark.parametrize(("levels", "h", "w"), [(3, 64, 64), (3, 50, 70), (2, 17, 16)])
+def test_fewer_levels_code_any_size_losslessly(levels: int, h: int, w: int) -> None:
+    """``levels`` sets the downsampling (2**levels); padding, coding and cropping follow it."""
+    atk = attacks().get("regen_local")(**{**rl.RegenLocal.tiny_params(), "levels": levels})
+    atk.setup("cpu")
+    x = _images(h=h, w=w)
+    assert atk.net.factor == 2**levels
+    with torch.no_grad():
+        y = atk.net.g_a(rl._pad_to(x, atk.net.factor))
+        assert y.shape[-2:] == (-(-h // 2**levels), -(-w // 2**levels))
+        decoded, _ = atk._code(y, 1.0)
+        assert torch.allclose(decoded, rl.quantize(y, atk.net.medians(), 1.0), atol=1e-5)
+    out = atk.apply(x, 0.5, gen=_gen())
+    assert out.shape == x.shape and torch.equal(out, atk.apply(x, 0.5, gen=_gen(3)))
+
+
+def test_rate_dependent_distortion_weight() -> None:
+    """λ(r) runs geometrically from ``distortion`` (r = 0) to ``distortion_strong`` (r = 1); 0 means one λ."""
+    x, x_hat = torch.zeros(3, 3, 4, 4), torch.full((3, 3, 4, 4), 0.1)
+    x_hat[1] = 0.2
+    r = torch.tensor([0.0, 0.5, 1.0]).view(3, 1, 1, 1)
+    per = torch.tensor([0.01, 0.04, 0.01])
+    got = rl._distortion_term(x_hat, x, r, {"distortion": 100.0, "distortion_strong": 1.0, "rate": 1.0})
+    assert float(got) == pytest.approx(float((torch.tensor([100.0, 10.0, 1.0]) * per).mean()), rel=1e-6)
+    one = rl._distortion_term(x_hat, x, r, {"distortion": 100.0, "distortion_strong": 0.0, "rate": 1.0})
+    assert float(one) == pytest.approx(100 * float(per.mean()), rel=1e-6)

@@ -19,21 +19,22 @@ import pandas as pd  # noqa: E402
 WIDE_IN = 13.0
 
 
-def _legend_top(fig: plt.Figure, handles: list, labels: list[str], top: float) -> None:
-    """The figure's own legend, one row (or a few) above its panels, and fixed margins (in inches) for 9–10 pt
-    titles, tick labels and two-line x labels: ``tight_layout`` measured every text to the same end and cost
-    more than drawing the figure (0.27 s of 0.8 s per curve figure)."""
-    fig.legend(handles, labels, loc="upper center", ncol=min(8, len(labels)), fontsize=9, frameon=False)
+def _legend_top(fig: plt.Figure, handles: list, labels: list[str], below: float = 0.75) -> None:
+    """The figure's own legend in as many rows as its width needs, above the panels, and fixed margins (in
+    inches) for 9–10 pt titles, tick labels and x labels ``below`` inches deep: ``tight_layout`` measured every
+    text to the same end and cost more than drawing the figure (0.27 s of 0.8 s per curve figure)."""
     w, h = fig.get_size_inches()
+    ncol = max(1, min(8, len(labels), int(w / 1.35)))  # ~1.3 in per entry: a narrow figure wraps its legend
+    fig.legend(handles, labels, loc="upper center", ncol=ncol, fontsize=9, frameon=False)
     rows, cols = fig.axes[0].get_subplotspec().get_gridspec().get_geometry()
-    left, right, bottom, title, below = 0.65, 0.15, 0.75, 0.3, 0.75  # inches
-    top_in = h * top - title  # the legend's rows sit above ``top``
-    ax_h = (top_in - bottom - (rows - 1) * (title + below)) / rows
+    left, right, title = 0.65, 0.15, 0.3  # inches
+    top_in = h - 0.1 - 0.27 * math.ceil(len(labels) / ncol) - title
+    ax_h = (top_in - below - (rows - 1) * (title + below)) / rows
     ax_w = (w - left - right - (cols - 1) * 0.55) / cols
     fig.subplots_adjust(
         left=left / w,
         right=1 - right / w,
-        bottom=bottom / h,
+        bottom=below / h,
         top=top_in / h,
         hspace=(title + below) / max(ax_h, 0.1),
         wspace=0.55 / max(ax_w, 0.1),
@@ -47,34 +48,53 @@ def curves(
     methods: list[str],
     metric: str = "bit_acc",
     cols: int = 4,
+    psnr_ticks: bool = False,
 ) -> Path | None:
     """One panel per attack (strength in its unit on x, read weak -> strong: ``signs`` -1 turns the axis), one line
     per method with its 95 % band, and the figure's legend on top. ``cells``: rows of ``analysis.cell_table``
     (one family, say); identity is left out, forgery panels say so. A method keeps its colour (its place in
-    ``methods``) in every figure."""
+    ``methods``) in every figure.  ``psnr_ticks``: each strength's tick also gives the mean attacked PSNR (the
+    regeneration family: how far the regenerated image is from the one attacked)."""
     c = cells[cells["attack"] != "identity"]
     attacks = list(dict.fromkeys(c["attack"]))
     if not attacks:
         return None
     n = min(cols, len(attacks))  # panels keep one size: a family of two attacks is half as wide
     rows = math.ceil(len(attacks) / n)
-    fig, axes = plt.subplots(rows, n, figsize=(WIDE_IN * max(n, 2) / cols, 2.9 * rows + 0.5), squeeze=False)
+    below = 1.05 if psnr_ticks else 0.75  # two-line ticks (strength, PSNR) need a deeper margin
+    width = WIDE_IN * max(n, 2) / cols
+    legend_rows = math.ceil(len(methods) / max(1, min(8, int(width / 1.35))))
+    height = rows * (1.85 + 0.3 + below) + 0.27 * legend_rows + 0.1  # 1.85 in of axes per row
+    fig, axes = plt.subplots(rows, n, figsize=(width, height), squeeze=False)
     for ax, atk in zip(axes.flat, attacks, strict=False):
-        _curve_panel(ax, c[c["attack"] == atk], methods, metric, signs.get(atk, 1) < 0)
+        _curve_panel(ax, c[c["attack"] == atk], methods, metric, signs.get(atk, 1) < 0, psnr_ticks)
     for ax in list(axes.flat)[len(attacks) :]:
         ax.axis("off")
     for row in axes:
         row[0].set_ylabel(metric, fontsize=9)
     shown = [(i, m) for i, m in enumerate(methods) if m in set(c["method"])]
     handles = [plt.Line2D([], [], color=f"C{i % 10}", marker="o", ms=4) for i, _ in shown]
-    top = 1 - 0.45 / (2.9 * rows + 0.5) * (1 + len(shown) // 9)
-    _legend_top(fig, handles, [m for _, m in shown], top)
+    _legend_top(fig, handles, [m for _, m in shown], below)
     fig.savefig(path, dpi=100, pil_kwargs={"compress_level": 1})
     plt.close(fig)
     return path
 
 
-def _curve_panel(ax: plt.Axes, g: pd.DataFrame, methods: list[str], metric: str, descending: bool) -> None:
+def _psnr_ticks(ax: plt.Axes, g: pd.DataFrame, xs: list[float]) -> bool:
+    """Tick labels "strength / mean attacked PSNR" (finite values, over methods); False if there are none."""
+    if "psnr_attacked" not in g:
+        return False
+    v = g[np.isfinite(g["psnr_attacked"].astype(float))].groupby("strength")["psnr_attacked"].mean()
+    if v.empty:
+        return False
+    ax.set_xticks(xs)
+    ax.set_xticklabels([f"{x:g}\n{v[x]:.1f} dB" if x in v.index else f"{x:g}" for x in xs])
+    return True
+
+
+def _curve_panel(
+    ax: plt.Axes, g: pd.DataFrame, methods: list[str], metric: str, descending: bool, psnr_ticks: bool = False
+) -> None:
     for i, m in enumerate(methods):
         gm = g[g["method"] == m].sort_values("strength")
         if len(gm):
@@ -83,7 +103,8 @@ def _curve_panel(ax: plt.Axes, g: pd.DataFrame, methods: list[str], metric: str,
             ax.errorbar(gm["strength"], gm[metric], yerr=err, marker="o", ms=3, capsize=2, color=color)
             ax.fill_between(gm["strength"], gm[f"{metric}_lo"], gm[f"{metric}_hi"], color=color, alpha=0.15)
     xs = sorted(g["strength"].unique())
-    if len(xs) == 1:
+    with_psnr = psnr_ticks and _psnr_ticks(ax, g, xs)
+    if len(xs) == 1 and not with_psnr:
         ax.set_xticks(xs)
     if descending:
         ax.invert_xaxis()  # e.g. JPEG quality: weaker -> stronger reads left -> right
@@ -91,7 +112,8 @@ def _curve_panel(ax: plt.Axes, g: pd.DataFrame, methods: list[str], metric: str,
     forged = (g["goal"] == "forgery").any()
     ax.set_title(f"{atk} (forgery: lower is better)" if forged else atk, fontsize=10)
     unit = str(g["unit"].iloc[0])
-    ax.set_xlabel(textwrap.fill(f"{unit}  (weak → strong)" if len(xs) > 1 else unit, 40), fontsize=9)
+    label = textwrap.fill(f"{unit}  (weak → strong)" if len(xs) > 1 else unit, 40)
+    ax.set_xlabel(f"{label}\n(below each strength: mean attacked PSNR)" if with_psnr else label, fontsize=9)
     low = float(np.nanmin(g[f"{metric}_lo"].to_numpy(dtype=float))) if len(g) else 0.4
     ax.set_ylim(min(0.4, low - 0.05) if metric == "bit_acc" else -0.02, 1.02)  # inverted reads stay visible
     ax.axhline(0.5 if metric == "bit_acc" else 0.0, color="grey", lw=0.6, ls=":")

@@ -494,7 +494,12 @@ def _figure_sections(
 
     def draw(f: str, metric: str) -> Path | None:
         return plots.curves(
-            cells[cells["family"] == f], out / f"curves_{metric}_{f}.png", signs, methods, metric
+            cells[cells["family"] == f],
+            out / f"curves_{metric}_{f}.png",
+            signs,
+            methods,
+            metric,
+            psnr_ticks=f == "regeneration",
         )
 
     bit = [(f, draw(f, "bit_acc")) for f in fams]
@@ -642,7 +647,8 @@ def build_report(runs: list[Path], out: Path, pool: bool = False) -> dict[str, P
             else None
         )
         scatter = None
-        if len(overall.table) > 1:  # one method: the ranking table already says it; a lone point compares nothing
+        # one method: the ranking table already says it; a lone point compares nothing
+        if len(overall.table) > 1:
             scatter = plots.scatter(overall.table, q, out / "quality_vs_robustness.png")
         clean = df[df["source"] == "clean"]
         quality = _quality_sections(wm, clean, q)
