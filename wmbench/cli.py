@@ -192,21 +192,6 @@ def params_cmd(
             sys.stdout.write("\t".join(k if v is None else v for k, v in r.items()) + "\n")
 
 
-def _preimport_report() -> None:
-    """Import the report's libraries (matplotlib, scipy.stats: ~2 s) in a background thread while the cells run,
-    which spend most of their time in torch / numpy / codec calls that release the GIL.  ``run`` then writes the
-    report without waiting for them; a failed import surfaces there, in the main thread, as before."""
-    import threading
-
-    def imp() -> None:
-        try:
-            import wmbench.report  # noqa: F401
-        except Exception:  # noqa: BLE001 - re-raised by the main thread's own import
-            pass
-
-    threading.Thread(target=imp, name="wmbench-preimport", daemon=True).start()
-
-
 def _load(suite_path: Path, limit: int | None = None):
     from wmbench.suite import load_suite
 
@@ -344,7 +329,6 @@ def run(
             ),
             console=err,
         )
-        _preimport_report()
         res = runner.run()
     except WmbenchError as e:
         raise _fail(e) from None
