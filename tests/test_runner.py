@@ -184,3 +184,26 @@ def test_failing_attack_is_recorded_and_others_kept(tmp_path, monkeypatch):
     assert len(res.errors) == 1 and "planted failure" in res.errors[0]["error"]
     assert len(res.rows) == 4 * 4  # every other cell is there
     assert res.manifest["errors"][0]["attack"] == "gaussian_noise"
+
+
+def test_resume_refuses_when_the_shipped_weights_changed(tmp_path):
+    """A run records every shipped model's hash; resuming after one changed (a newer wmbench) would mix two
+    models' results, so it is refused with the model named and --fresh offered. Models added since, or a run from
+    before the hashes were recorded, resume as before."""
+    import json
+
+    suite, out = _suite(tmp_path), tmp_path / "run"
+    first = _run(suite, out)
+    man_path = out / "manifest.json"
+    man = json.loads(man_path.read_text())
+    stem = sorted(man["shipped_weights"])[0]
+    man["shipped_weights"][stem] = "0" * 64
+    man["shipped_weights"]["a_model_removed_since"] = "1" * 64
+    man_path.write_text(json.dumps(man))
+    with pytest.raises(WmbenchError, match=rf"other shipped weights: {stem} changed.*--fresh"):
+        _run(suite, out)
+    del man["shipped_weights"]  # a run from before they were recorded
+    man_path.write_text(json.dumps(man))
+    pd.testing.assert_frame_equal(_run(suite, out), first)
+    again = _run(suite, out, fresh=True)
+    assert len(again) == len(first)

@@ -25,6 +25,30 @@ def shipped(stem: str) -> Path | None:
     return Path(str(res)) if res.is_file() else None
 
 
+def shipped_weights() -> dict[str, str]:
+    """Every shipped model's sha256 as its card records it: stem -> the file's hash; a diffusers folder -> the
+    hash of its files' hashes.  A run keeps this in its manifest, so a resume after the shipped weights changed
+    (a newer wmbench) is refused instead of mixing two models' results in one table."""
+    import hashlib
+
+    root = importlib.resources.files(WEIGHTS_PACKAGE)
+    out: dict[str, str] = {}
+    for entry in sorted(root.iterdir(), key=lambda e: e.name):
+        try:
+            if entry.is_file() and entry.name.endswith(".json"):
+                sha = json.loads(entry.read_text()).get("file_sha256")
+                if isinstance(sha, str):
+                    out[entry.name.removesuffix(".json")] = sha
+            elif entry.is_dir() and (card := entry / "wmbench_card.json").is_file():
+                files = json.loads(card.read_text()).get("files")
+                if isinstance(files, dict):
+                    blob = json.dumps(files, sort_keys=True).encode()
+                    out[entry.name] = hashlib.sha256(blob).hexdigest()
+        except (OSError, ValueError):
+            continue  # an unreadable card: the model's own loading reports it
+    return out
+
+
 def check_init(who: str, init: str | None, checkpoint_given: bool, what: str = "a checkpoint") -> None:
     """``init`` is "random" (a seeded random-init net: tests and the trainer) or absent, never beside a checkpoint."""
     if init not in (None, "random"):

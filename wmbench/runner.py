@@ -38,6 +38,7 @@ from rich.progress import (
 
 from wmbench import __version__
 from wmbench.api import WmbenchError
+from wmbench.checkpoints import shipped_weights
 from wmbench.rng import derive_seed  # noqa: F401  (re-exported: older callers import it from here)
 from wmbench.session import message_for  # noqa: F401  (re-exported)
 from wmbench.store import RunStore, cell_key, example_path, part_key
@@ -200,6 +201,12 @@ class Runner:
                 f"{self.out} holds results of a different suite configuration (hash {old.get('suite_hash')} ≠ "
                 f"{self.hash}). Rerun with --fresh to start over there, or choose another folder with --out."
             )
+        elif old is not None and (changed := _changed_weights(old.get("shipped_weights"))):
+            raise WmbenchError(
+                f"{self.out} was run with other shipped weights: {', '.join(changed)} changed since (a newer "
+                "wmbench?), so resuming would mix two models' results in one table. Rerun with --fresh to start "
+                "over there, or choose another folder with --out."
+            )
         elif old is None and self.store.done():
             raise WmbenchError(
                 f"{self.out} holds result parts but no readable manifest.json, so they cannot be matched to this "
@@ -331,6 +338,7 @@ class Runner:
             "executor": self.opts.executor,
             "versions": _versions(),
             "git_sha": _git_sha(),
+            "shipped_weights": shipped_weights(),
             "host": platform.node(),
             "torch_threads": torch.get_num_threads(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -482,6 +490,15 @@ class Runner:
             transient=False,
             refresh_per_second=2,  # rich's default 10 Hz rebuilt the bars' table ~200 times in a 20 s run: ~9 % of it
         )
+
+
+def _changed_weights(old: object) -> list[str]:
+    """Shipped models whose recorded hash differs from the installed one (models added or removed since do not
+    count: a suite cannot have used a model that was not there)."""
+    if not isinstance(old, dict):
+        return []  # a run from before wmbench recorded them
+    now = shipped_weights()
+    return sorted(k for k, v in old.items() if k in now and now[k] != v)
 
 
 def finite_mean(x: pd.Series) -> float:
