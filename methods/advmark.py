@@ -24,7 +24,9 @@ even I₁ is under the floor, its residual is scaled down until the floor holds,
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -137,6 +139,20 @@ class AdvMark(Hidden):
             "steps": 3,
             "noise": [{"name": "identity"}, {"name": "jpeg", "strength": 50}],
         }
+
+    def weights_hash(self) -> str:
+        """The nets' hash and, with stage 2, the files of the noise layers it optimises against (e.g. the
+        ``regen_local`` codec): retraining one changes what stage 2 embeds, so the watermark cache must not serve
+        images optimised against the old one."""
+        base = super().weights_hash()
+        files = [getattr(atk, "ckpt_path", None) for atk, _ in self._noise_layers()] if self.stage2 else []
+        files = [Path(f) for f in files if f is not None]
+        if not files:
+            return base
+        h = hashlib.sha256(base.encode())
+        for f in files:
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+        return h.hexdigest()[:16]
 
     # ------------------------------------------------------------------------------------------ stage 2
     def _noise_layers(self) -> list[tuple[Any, float]]:

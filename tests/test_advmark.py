@@ -118,3 +118,34 @@ def test_decoder_condition_fires_only_when_its_accuracy_is_low():
     assert not decoder_update_due("adversarial", 0.9, clean_acc=0.8, adv_acc=0.95)
     with pytest.raises(WmbenchError, match="dec_condition"):
         AdvMark(dec_condition="sometimes")
+
+
+def test_fingerprint_follows_the_stage2_noise_layers_weights(tmp_path: Path) -> None:
+    """Stage 2 optimises against its noise layers, so retraining the ``regen_local`` file it uses (same path, new
+    weights) must change the method's fingerprint (the watermark cache key); without stage 2 it must not."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    from wmbench.attacks.regen_local import RegenLocal
+
+    shipped = RegenLocal().ckpt_path
+    if shipped is None:
+        pytest.skip("no shipped regen_local weights")
+    codec = tmp_path / "codec.safetensors"
+    shutil.copyfile(shipped, codec)
+
+    def fp(stage2: bool = True) -> str:
+        layer = {"name": "regen_local", "strength": 0.5, "params": {"checkpoint": str(codec)}}
+        m = AdvMark(**{**AdvMark.tiny_params(), "noise": [layer], "stage2": stage2})
+        m.setup(torch.device("cpu"))
+        return m.fingerprint()
+
+    before, before_s1 = fp(), fp(stage2=False)
+    assert fp() == before
+    with safe_open(str(codec), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+    tensors = {k: (v + 1e-3 if v.is_floating_point() else v) for k, v in load_file(str(codec)).items()}
+    save_file(tensors, str(codec), metadata=meta)  # "retrained" in place
+    assert fp() != before
+    assert fp(stage2=False) == before_s1
