@@ -543,3 +543,13 @@ def test_quantize_8bit_in_place_path_equals_the_formula() -> None:
     x = (torch.rand(4, generator=g) * 1.4 - 0.2).requires_grad_(True)
     y = quantize_8bit(x)
     assert y.requires_grad and torch.equal(y.detach(), torch.round(x.detach().clamp(0, 1) * 255.0) / 255.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_psnr_leaves_its_inputs_alone(dtype: torch.dtype) -> None:
+    """psnr subtracts in place on its own float64 copy, also when the input already is float64."""
+    g = torch.Generator().manual_seed(4)
+    ref, test = torch.rand(2, 3, 8, 8, generator=g).to(dtype), torch.rand(2, 3, 8, 8, generator=g).to(dtype)
+    r0, t0 = ref.clone(), test.clone()
+    psnr(ref, test)
+    assert torch.equal(ref, r0) and torch.equal(test, t0)

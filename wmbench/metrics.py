@@ -55,7 +55,8 @@ def psnr(ref: Tensor, test: Tensor) -> Tensor:
     Computed in float64.
     """
     _check_pair("psnr", ref, test)
-    diff = test.double().sub_(ref)  # one float64 temporary, not four (the same values: ref promotes exactly)
+    # one float64 temporary, not four (the same values: ref promotes exactly); a copy even when test is float64
+    diff = test.to(torch.float64, copy=True).sub_(ref)
     mse = torch.sum(diff.square_(), dim=(1, 2, 3)) / ref[0].numel()  # b
     # torchmetrics' peak_signal_noise_ratio arithmetic, to the bit (its constant 10/ln 10 is a float32): the same
     # values without importing torchmetrics, which pulls in torchvision and scipy (~250 MB, seconds)

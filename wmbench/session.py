@@ -98,7 +98,8 @@ class Session:
         return m
 
     def _f(self, u8: torch.Tensor) -> torch.Tensor:
-        return u8.to(self.device).float().div_(255.0)  # one temporary fewer than "/ 255.0", the same values
+        # one temporary fewer than "/ 255.0", the same values; always a copy, so the caller's tensor is never divided
+        return u8.to(device=self.device, dtype=torch.float32, copy=True).div_(255.0)
 
     # ------------------------------------------------------------------ a unit
     def run_unit(self, unit: Unit, covers: torch.Tensor) -> UnitResult:
