@@ -45,3 +45,22 @@ def test_a_torn_entry_is_recomputed_not_trusted(tmp_path: Path) -> None:
     png = cache.dir / "k.png"
     png.write_bytes(png.read_bytes()[: png.stat().st_size // 2])
     assert cache.get("k") is None
+
+
+def test_a_forked_child_writes_with_its_own_thread(tmp_path: Path) -> None:
+    """The writer thread is not inherited by fork(); the child must not wait on the parent's."""
+    import multiprocessing as mp
+
+    WatermarkCache("fp", root=tmp_path).put_later("warm", _img(0), 1.0)  # the parent's writer exists
+    ctx = mp.get_context("fork")
+    p = ctx.Process(target=_child_put, args=(tmp_path,))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+    assert WatermarkCache("fp", root=tmp_path).get("child") is not None
+
+
+def _child_put(root: Path) -> None:
+    c = WatermarkCache("fp", root=root)
+    c.put_later("child", _img(2), 1.0)
+    assert c.flush() == []

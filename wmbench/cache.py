@@ -92,3 +92,7 @@ class WatermarkCache:
 def _writer() -> ThreadPoolExecutor:
     """One writer thread per process: cache entries of one unit are written while its cells run."""
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="wmbench-cache")
+
+
+# a forked child inherits the executor but not its thread, and would wait on it forever: it builds its own
+os.register_at_fork(after_in_child=_writer.cache_clear)
