@@ -205,3 +205,14 @@ def test_report_and_compare_import_no_torch(run_dir: Path, tmp_path: Path) -> No
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_robustness_pivot_gives_the_attacked_psnr_next_to_bit_accuracy(run_dir, tmp_path):
+    """Issue 11: how far an attack moved the image sits beside what it did to the bits (mean over methods)."""
+    md = build_report([run_dir], tmp_path / "out")["md"].read_text()
+    sec = md[md.index("## Robustness: distortion attacks") :]
+    header = next(ln for ln in sec.splitlines() if ln.startswith("| attack |"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    assert cols[:4] == ["attack", "strength", "unit", "PSNR attacked"]
+    first = next(ln for ln in sec.splitlines() if ln.startswith("| jpeg |"))
+    assert 15 < float(first.strip("|").split("|")[3]) < 60

@@ -339,11 +339,15 @@ def pivot_table(cells: pd.DataFrame, signs: dict[str, int], family: str) -> pd.D
     for (atk, st), g in groups:
         acc = dict(zip(g["method"], g["bit_acc"], strict=True))
         forged = (g["goal"] == analysis.FORGERY).any()
+        pa = g["psnr_attacked"].to_numpy(dtype=float) if "psnr_attacked" in g else np.array([])
+        pa = pa[np.isfinite(pa)]
         rows.append(
             {
                 "attack": f"{atk} ↓ (forgery: lower is better)" if forged else atk,
                 "strength": f"{st:g}",
                 "unit": g["unit"].iloc[0],
+                # how far the attack moved the image, next to what it did to the bits (mean over methods)
+                "PSNR attacked": _fmt(float(pa.mean()), 2) if len(pa) else "–",
                 **{m: _fmt(acc.get(m, math.nan)) for m in methods},
             }
         )
@@ -456,10 +460,11 @@ def _detail_sections(
         out.append(
             Section(
                 f"Robustness: {fam} attacks",
-                "Mean bit accuracy per cell, strengths from weak to strong. ↓: a forgery, where a high value is "
-                "the attacker's win.",
+                "Mean bit accuracy per cell, strengths from weak to strong, next to the attacked image's PSNR "
+                "(vs the watermarked one, mean over methods). ↓: a forgery, where a high value is the attacker's "
+                "win.",
                 piv if not piv.empty else None,
-                fold=f"bit accuracy, {len(piv)} cells × {len(piv.columns) - 3} methods"
+                fold=f"bit accuracy, {len(piv)} cells × {len(piv.columns) - 4} methods"
                 if len(piv) > 24
                 else None,
             )
