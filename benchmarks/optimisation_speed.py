@@ -77,7 +77,10 @@ def main() -> None:
                 ref = quantize_8bit(m.embed(x, msg))
 
             def run(s: slice, m=m, atk=atk, ref=ref) -> Tensor:
-                return atk.apply(ref[s], 4.0, gen=torch.Generator().manual_seed(s.start), method=m)
+                # not seed 0 + start: that is the messages' generator, and the attack's random target message
+                # would then be the embedded one (nothing to remove)
+                gen = torch.Generator().manual_seed(10_000 + (s.start or 0))
+                return atk.apply(ref[s], 4.0, gen=gen, method=m)
 
             label = f"pgd_remove vs hidden, 4/255, {a.pgd_steps} steps"
         else:
