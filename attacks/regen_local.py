@@ -1,18 +1,20 @@
 """``regen_local``: a small learned image codec trained here and shipped, used as a regeneration attack.
 
 Architecture: Ballé et al.'s factorized-prior autoencoder (bmshj2018-factorized, as in CompressAI) with fewer
-channels: analysis ``g_a`` = 4 stride-2 5×5 convs with GDN (3 → N → N → N → M, 16× downsampling), synthesis ``g_s``
-the mirror with inverse GDN, and CompressAI's ``EntropyBottleneck`` (a learned per-channel density) as the prior.
+channels: analysis ``g_a`` = ``levels`` stride-2 5×5 convs with GDN (3 → N → … → M; 4 levels = the paper's 16×
+downsampling, the shipped codec uses 3 = 8×), synthesis ``g_s`` the mirror with inverse GDN, and CompressAI's
+``EntropyBottleneck`` (a learned per-channel density) as the prior.
 
 Strength ``r`` in [0, 1] is a rate knob: the latent is quantised with step ``Δ = max_step ** r`` around the prior's
 medians (r = 0: the trained rate, Δ = 1; r = 1: Δ = max_step, 8 by default), so a higher r means fewer bits and a
 coarser reconstruction.  Training draws r uniformly per image (rate from additive uniform noise of width Δ, the
-decoder sees the rounded latent straight-through), so one network serves every r.
+decoder sees the rounded latent straight-through, distortion weight λ(r) falling with r), so one network serves
+every r.
 
 ``apply`` is the real operation: the rounded latent is entropy-coded with CompressAI's rANS coder under the prior's
 probability of each step-Δ bin, decoded from the bit strings and synthesised; ``last_stats["bpp"]`` holds the coded
 bits per pixel of each image (b), measured on the strings.  Any image size works: it is replicate-padded to a
-multiple of 16 and cropped back.  ``forward_st`` is the differentiable stand-in for training (latent rounded
+multiple of 2^levels and cropped back.  ``forward_st`` is the differentiable stand-in for training (latent rounded
 straight-through, gradients through the codec).
 
 Weights: ``params.checkpoint`` (a ``.safetensors`` written by ``wmbench train``; its metadata holds the
@@ -40,7 +42,6 @@ from wmbench.rng import Gen
 
 from .regeneration import _pad_to, params_label
 
-DOWNSAMPLE = 16  # the default layout's (levels = 4); a codec's own factor is Codec.factor
 #: architecture params (stored in the checkpoint's metadata) and their defaults
 ARCH_DEFAULTS: dict[str, Any] = {"N": 64, "M": 96, "max_step": 8.0, "levels": 4}
 _LIK_MIN = 1e-9
@@ -453,7 +454,7 @@ class _Encoded:
 class _Encoder(nn.Module):
     """``encode(2x − 1).latent_dist.mean`` = g_a(x) (unquantised), the interface ``vae_embedding`` uses."""
 
-    def __init__(self, g_a: nn.Module, factor: int = DOWNSAMPLE) -> None:
+    def __init__(self, g_a: nn.Module, factor: int) -> None:
         super().__init__()
         self.g_a = g_a
         self.factor = factor

@@ -185,6 +185,7 @@ class Runner:
             raise WmbenchError("--out: empty path; give a folder for the run")
         self.store = RunStore(self.out)
         self.hash = suite_hash(suite)
+        self._shipped = shipped_weights()  # checked against a resumed folder's manifest, then recorded in it
         self.timings: dict[str, float] = {}
         self.errors: list[dict] = []
         self.skipped: dict[tuple[str, str, float | None], str] = {}
@@ -201,7 +202,7 @@ class Runner:
                 f"{self.out} holds results of a different suite configuration (hash {old.get('suite_hash')} ≠ "
                 f"{self.hash}). Rerun with --fresh to start over there, or choose another folder with --out."
             )
-        elif old is not None and (changed := _changed_weights(old.get("shipped_weights"))):
+        elif old is not None and (changed := _changed_weights(old.get("shipped_weights"), self._shipped)):
             raise WmbenchError(
                 f"{self.out} was run with other shipped weights: {', '.join(changed)} changed since (a newer "
                 "wmbench?), so resuming would mix two models' results in one table. Rerun with --fresh to start "
@@ -338,7 +339,7 @@ class Runner:
             "executor": self.opts.executor,
             "versions": _versions(),
             "git_sha": _git_sha(),
-            "shipped_weights": shipped_weights(),
+            "shipped_weights": self._shipped,
             "host": platform.node(),
             "torch_threads": torch.get_num_threads(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -492,12 +493,11 @@ class Runner:
         )
 
 
-def _changed_weights(old: object) -> list[str]:
+def _changed_weights(old: object, now: dict[str, str]) -> list[str]:
     """Shipped models whose recorded hash differs from the installed one (models added or removed since do not
     count: a suite cannot have used a model that was not there)."""
     if not isinstance(old, dict):
         return []  # a run from before wmbench recorded them
-    now = shipped_weights()
     return sorted(k for k, v in old.items() if k in now and now[k] != v)
 
 

@@ -21,6 +21,7 @@ import torch
 
 from wmbench.api import Attack, Method, SkipCell, WmbenchError, quantize_8bit
 from wmbench.cache import WatermarkCache, wm_key
+from wmbench.imageio import to_uint8
 from wmbench.memory import trim_heap
 from wmbench.rng import ImageGens, derive_seed
 from wmbench.store import CLEAN
@@ -172,9 +173,7 @@ class Session:
                 raise WmbenchError(
                     f"method {method.name!r}: embed returned shape {tuple(y.shape)} for {tuple(x.shape)}"
                 )
-            y8 = (
-                y.detach().clamp(0, 1).mul_(255.0).round_().to(torch.uint8).cpu()
-            )  # quantize_8bit's values, as bytes
+            y8 = to_uint8(y).cpu()  # quantize_8bit's values, as bytes
             for r, i in enumerate(idx):
                 out[i], times[i] = y8[r], dt / len(idx)
                 cache.put_later(keys[i], y8[r], dt / len(idx))
