@@ -32,6 +32,7 @@ import math
 import statistics
 import sys
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -114,6 +115,19 @@ def _crop(a: float, centre: bool) -> Callable[[Inputs], object]:
 
 
 def _rotation(deg: float) -> Callable[[Inputs], object]:
+    """OpenCV's bilinear warp of each 8-bit h w 3 image (the kernel ``rotation`` uses on 8-bit batches)."""
+
+    def go(d: Inputs) -> list[np.ndarray]:
+        h, w = d.u8[0].shape[:2]
+        m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), deg, 1.0)
+        return [cv2.warpAffine(a, m, (w, h), flags=cv2.INTER_LINEAR) for a in d.u8]
+
+    return go
+
+
+def _rotation_float(deg: float) -> Callable[[Inputs], object]:
+    """torch's float bilinear warp of the folded batch (the kernel under gradients / off the 8-bit grid)."""
+
     def go(d: Inputs) -> torch.Tensor:
         b, c, h, w = d.f.shape
         t = math.radians(deg)
@@ -233,6 +247,7 @@ def _batch(name: str, s: float) -> Callable[[Inputs], object] | None:
         "jpeg": codec("JPEG", subsampling=2),
         "webp": codec("WEBP"),
         "median_blur": lambda d: _from_u8([cv2.medianBlur(a, int(s)) for a in _u8_batch(d.f)]),
+        "rotation": lambda d: _from_u8(_rotation(s)(_Wrap(_u8_batch(d.f)))),
         "gaussian_blur": lambda d: torch.from_numpy(
             np.stack(
                 [
@@ -316,10 +331,12 @@ def _before_class(root: Path, name: str) -> type:
     this checkout's ``wmbench.api``), to time the old code side by side with the new in one process."""
     target = attacks()._targets[name]  # noqa: SLF001 - the registry's "module:Class" string
     mod_name, _, cls_name = str(target).partition(":")
-    path = root / "attacks" / f"{mod_name.rsplit('.', 1)[1]}.py"
-    spec = importlib.util.spec_from_file_location(f"_before_{mod_name.replace('.', '_')}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    pkg = "_before_attacks"  # a package of its own, so relative imports and pydantic's name lookups resolve
+    if pkg not in sys.modules:
+        sys.modules[pkg] = types.ModuleType(pkg)
+        sys.modules[pkg].__path__ = [str(root / "attacks")]
+    leaf = mod_name.rsplit(".", 1)[1]
+    mod = importlib.import_module(f"{pkg}.{leaf}")
     return getattr(mod, cls_name)
 
 

@@ -182,11 +182,29 @@ def main() -> None:
         f"median: wmbench run {med[0]:.1f} s, peak RSS {med[1]:.0f} MB · by hand {medh[0]:.1f} s, "
         f"peak RSS {medh[1]:.0f} MB · ratio {med[0] / medh[0]:.2f}"
     )
+    print(
+        f"report-figure helper (wmbench.painter) redrawing run0's figures: peak RSS {_painter_rss(work / 'run0'):.0f} MB"
+    )
     man = work / "run0" / "manifest.json"
     if man.is_file():
         tm = json.loads(man.read_text()).get("timings", {})
         top = sorted(tm.items(), key=lambda kv: -float(kv[1]))[:12]
         print("run0 stage timings (s): " + ", ".join(f"{k} {float(v):.1f}" for k, v in top))
+
+
+def _painter_rss(run: Path) -> float:
+    """Peak RSS of the helper process that draws a run's figures (a process of its own, so ``wait4`` on the
+    run does not count it): replay the report with a fresh helper, then reap it.  -> MB"""
+    from wmbench.painter import Painter
+    from wmbench.report import write_report
+
+    painter = Painter.start()
+    if painter.proc is None:
+        return float("nan")
+    write_report(run, painter)
+    painter.close()
+    _, _, ru = os.wait4(painter.proc.pid, 0)
+    return ru.ru_maxrss / 1024
 
 
 if __name__ == "__main__":

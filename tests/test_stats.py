@@ -181,3 +181,39 @@ def test_pairwise_differences_are_paired_and_holm_adjusted():
     assert row["p_holm"] == row["p_value"] and row["lo"] < row["diff"] < row["hi"]
     mat = analysis.family_matrix(pairs, "distortion")
     assert mat.set_index("row − column").loc["A", "B"].endswith("(1/0)")
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 16, 64, 1000, 30_000])
+def test_distribution_functions_equal_scipy_stats(n):
+    """stats.py calls scipy.special's kernels directly (scipy.stats costs ~1 s to import): the same values."""
+    for k in sorted({0, 1, n // 3, n - 1, n}):
+        e = stats.clopper_pearson(k, n)
+        lo = 0.0 if k == 0 else st.beta.ppf(0.025, k, n - k + 1)
+        hi = 1.0 if k == n else st.beta.ppf(0.975, k + 1, n - k)
+        assert (e.lo, e.hi) == pytest.approx((lo, hi), rel=1e-12, abs=1e-15)
+    rs = np.random.default_rng(n)
+    a, b = rs.normal(size=n + 1), rs.normal(0.2, 2.0, size=n + 1)
+    t = stats.t_mean(a)
+    half = st.t.ppf(0.975, n) * a.std(ddof=1) / np.sqrt(n + 1)
+    assert (t.lo, t.hi) == pytest.approx((a.mean() - half, a.mean() + half), rel=1e-12)
+    res = stats.paired_t(a, b)
+    ref = st.ttest_rel(a, b)
+    assert res.p_value == pytest.approx(ref.pvalue, rel=1e-9, abs=1e-300)
+    assert (res.lo, res.hi) == pytest.approx(tuple(ref.confidence_interval()), rel=1e-12)
+    w = stats.welch_t(a, b)
+    ref_w = st.ttest_ind(a, b, equal_var=False)
+    assert w.p_value == pytest.approx(ref_w.pvalue, rel=1e-9, abs=1e-300)
+    assert (w.lo, w.hi) == pytest.approx(tuple(ref_w.confidence_interval()), rel=1e-12)
+    bits = (rs.random((n + 1, 16)) < 0.5).astype(np.int64)
+    ones = bits.sum(0)
+    assert stats.bit_balance_p(bits) == pytest.approx(
+        st.chi2.sf((((2 * ones - (n + 1)) ** 2) / (n + 1)).sum(), 16), rel=1e-12
+    )
+    counts = rs.binomial(30, 0.5, size=n + 1)
+    ratio, p = stats.dispersion_p(counts, 30)
+    stat = n * counts.var(ddof=1) / 7.5
+    assert p == pytest.approx(min(1.0, 2 * min(st.chi2.sf(stat, n), st.chi2.cdf(stat, n))), rel=1e-12)
+    gof = stats.binomial_gof(counts, 30)
+    assert gof["expected"] == [round(float(x), 3) for x in (n + 1) * st.binom.pmf(np.arange(31), 30, 0.5)]
+    if gof["dof"] > 0:
+        assert gof["p_value"] == pytest.approx(st.chi2.sf(gof["statistic"], gof["dof"]), rel=1e-12)

@@ -303,11 +303,15 @@ def run(
     """Run a suite: embed, attack, extract, score; resumable (rerun continues where it stopped).
 
     Values never depend on --batch-size, --shard-size, --executor or --workers, so a resume may change them."""
+    painter, res = None, None
     try:
         s = _load(suite, limit)
         if dry_run:
             _print_plan(s, out)
             return
+        from wmbench.painter import Painter
+
+        painter = Painter.start()  # imports matplotlib in another process while this one runs the suite
         from wmbench.runner import Runner, RunOptions
 
         if (
@@ -334,9 +338,16 @@ def run(
         raise _fail(e) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
-    from wmbench.report import summary_table, write_report  # matplotlib, scipy: only once the run is done
+    finally:
+        if painter is not None and res is None:  # failed or interrupted: let the helper go now
+            painter.close()
+    from wmbench.report import summary_table, write_report  # pandas tables; figures by the painter
 
-    report = write_report(res.out)
+    try:
+        report = write_report(res.out, painter)
+    finally:
+        if painter is not None:
+            painter.close()
     tm = res.manifest
     if not tm.get("n_rows"):
         err.print(

@@ -17,6 +17,7 @@ import pandas as pd
 
 from wmbench import analysis, stats
 from wmbench.errors import WmbenchError
+from wmbench.painter import Draw, Painter, draw_here
 from wmbench.render import Section, render
 from wmbench.store import load_results, safe_name
 
@@ -483,32 +484,39 @@ def _detail_sections(
     return out
 
 
+def _curve_jobs(draw: Draw, cells: pd.DataFrame, signs: dict[str, int], out: Path) -> dict[str, list]:
+    """Hand every family's bit-accuracy and TPR curves to ``draw``.  -> {metric: [(family, future path)]}"""
+    fams = _ordered_families(cells)
+    methods = list(dict.fromkeys(cells["method"]))
+    return {
+        metric: [
+            (
+                f,
+                draw(
+                    "curves",
+                    cells[cells["family"] == f],
+                    out / f"curves_{metric}_{f}.png",
+                    signs,
+                    methods,
+                    metric,
+                    psnr_ticks=f == "regeneration",
+                ),
+            )
+            for f in fams
+        ]
+        for metric in ("bit_acc", "tpr")
+    }
+
+
 def _figure_sections(
-    cells: pd.DataFrame,
-    signs: dict[str, int],
+    curves: dict[str, list],
     fpr: float,
     grids: list[tuple[str, Path]],
-    out: Path,
     scatter: Path | None,
 ) -> list[Section]:
     """Curves per family (each figure with its own legend), TPR curves folded, the scatter, the image grids."""
-    from wmbench import plots
-
-    fams = _ordered_families(cells)
-    methods = list(dict.fromkeys(cells["method"]))
-
-    def draw(f: str, metric: str) -> Path | None:
-        return plots.curves(
-            cells[cells["family"] == f],
-            out / f"curves_{metric}_{f}.png",
-            signs,
-            methods,
-            metric,
-            psnr_ticks=f == "regeneration",
-        )
-
-    bit = [(f, draw(f, "bit_acc")) for f in fams]
-    tpr = [(f, draw(f, "tpr")) for f in fams]
+    bit = [(f, p.result()) for f, p in curves["bit_acc"]]
+    tpr = [(f, p.result()) for f, p in curves["tpr"]]
     secs = [
         Section(
             "Plots: bit accuracy vs attack strength",
@@ -608,12 +616,12 @@ def _nothing_ran(df: pd.DataFrame) -> bool:
     return df.empty or "source" not in df or not (df["source"] == "watermarked").any()
 
 
-def build_report(runs: list[Path], out: Path, pool: bool = False) -> dict[str, Path]:
+def build_report(
+    runs: list[Path], out: Path, pool: bool = False, painter: Painter | None = None
+) -> dict[str, Path]:
     """Write report.md, report.html and the PNG plots into ``out``; returns their paths. Runs that differ in
     images, seed or target FPR are refused unless ``pool``. A run in which nothing ran gets a report that says so
-    and why."""
-    from wmbench import plots
-
+    and why.  ``painter``: a helper process drawing the figures while this one builds the tables."""
     if not runs:
         raise WmbenchError("report: give at least one run folder")
     paths = [Path(r) for r in runs]
@@ -632,41 +640,7 @@ def build_report(runs: list[Path], out: Path, pool: bool = False) -> dict[str, P
         )
         md, page = render(title, meta, glance, _problems_section(mans))
     else:
-        wm = analysis.watermarked(df, mans)
-        cells = analysis.cell_table(wm)
-        signs = analysis.strength_signs(wm, mans)
-        overall = analysis.rank(wm)
-        q = analysis.quality_stats(wm)
-        order = list(overall.table["method"]) if not overall.empty else []
-        order += [m for m in dict.fromkeys(wm["method"]) if m not in order]
-        heat = plots.heatmap(cells, order, out / "glance.png")
-        glance = (
-            Section(
-                "At a glance",
-                "Mean bit accuracy of each method (rows, best ranked first) under each attack (columns, mean over its "
-                "strengths), families side by side; green = the watermark survives, 0.5 = chance, blank = not run. ↓ marks a forgery, "
-                "where a high value is the attacker's win (colours reversed).",
-                figures=[("method × attack bit accuracy", heat)],
-            )
-            if heat is not None
-            else None
-        )
-        scatter = None
-        # one method: the ranking table already says it; a lone point compares nothing
-        if len(overall.table) > 1:
-            scatter = plots.scatter(overall.table, q, out / "quality_vs_robustness.png")
-        clean = df[df["source"] == "clean"]
-        quality = _quality_sections(wm, clean, q)
-        sections = [
-            *_ranking_sections(wm, fpr, q),
-            quality[0],
-            *_figure_sections(cells, signs, fpr, _grids(df, mans, signs, out), out, scatter),
-            *quality[1:],
-            *_detail_sections(wm, clean, fpr, cells, signs),
-            *_problems_section(mans),
-        ]
-        md, page = render(title, meta, glance, sections)
-        figs = [f for s in (glance, *sections) if s is not None for f in s.figures]
+        md, page, figs = _full_report(df, mans, fpr, out, title, meta, painter)
         files.update({p.stem: p for _, p in figs})
     files["md"] = out / "report.md"
     files["md"].write_text(md)
@@ -675,6 +649,56 @@ def build_report(runs: list[Path], out: Path, pool: bool = False) -> dict[str, P
     return files
 
 
-def write_report(run: str | Path) -> Path:
+def _full_report(
+    df: pd.DataFrame,
+    mans: list[dict],
+    fpr: float,
+    out: Path,
+    title: str,
+    meta: list[str],
+    painter: Painter | None,
+) -> tuple[str, str, list[tuple[str, Path]]]:
+    """The figures are handed out first (to ``painter`` when there is one), the tables built meanwhile.
+    -> (markdown, html, figures)"""
+    draw: Draw = painter.draw if painter is not None else draw_here
+    wm = analysis.watermarked(df, mans)
+    cells = analysis.cell_table(wm)
+    signs = analysis.strength_signs(wm, mans)
+    overall = analysis.rank(wm)
+    q = analysis.quality_stats(wm)
+    order = list(overall.table["method"]) if not overall.empty else []
+    order += [m for m in dict.fromkeys(wm["method"]) if m not in order]
+    heat = draw("heatmap", cells, order, out / "glance.png")
+    # one method: the ranking table already says it; a lone point compares nothing
+    scatter = (
+        draw("scatter", overall.table, q, out / "quality_vs_robustness.png")
+        if len(overall.table) > 1
+        else None
+    )
+    curves = _curve_jobs(draw, cells, signs, out)
+    clean = df[df["source"] == "clean"]
+    quality = _quality_sections(wm, clean, q)
+    head = [*_ranking_sections(wm, fpr, q), quality[0]]
+    tail = [*quality[1:], *_detail_sections(wm, clean, fpr, cells, signs), *_problems_section(mans)]
+    grids = _grids(df, mans, signs, out)
+    figures = _figure_sections(curves, fpr, grids, scatter.result() if scatter is not None else None)
+    heat_path = heat.result()
+    glance = (
+        Section(
+            "At a glance",
+            "Mean bit accuracy of each method (rows, best ranked first) under each attack (columns, mean over its "
+            "strengths), families side by side; green = the watermark survives, 0.5 = chance, blank = not run. ↓ marks a forgery, "
+            "where a high value is the attacker's win (colours reversed).",
+            figures=[("method × attack bit accuracy", heat_path)],
+        )
+        if heat_path is not None
+        else None
+    )
+    sections = [*head, *figures, *tail]
+    md, page = render(title, meta, glance, sections)
+    return md, page, [f for s in (glance, *sections) if s is not None for f in s.figures]
+
+
+def write_report(run: str | Path, painter: Painter | None = None) -> Path:
     """Report of one run into its own folder; returns report.md's path."""
-    return build_report([Path(run)], Path(run))["md"]
+    return build_report([Path(run)], Path(run), painter=painter)["md"]
