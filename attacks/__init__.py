@@ -6,6 +6,7 @@ BUILTIN: dict[str, str] = {
     "webp": "wmbench.attacks.compression:WebP",
     "jpeg_mask": "wmbench.attacks.jpeg_approx:JpegMask",
     "jpeg_diff": "wmbench.attacks.jpeg_approx:JpegDiff",
+    "jpeg_st": "wmbench.attacks.jpeg_approx:JpegST",
     "resize": "wmbench.attacks.geometric:Resize",
     "crop": "wmbench.attacks.geometric:Crop",
     "center_crop": "wmbench.attacks.geometric:CenterCrop",

@@ -63,6 +63,14 @@ class PgdParams(PluginParams):
     random_start: StrictBool = Field(False, description="start at a random point of the ball")
 
 
+#: an objective restricted to some images of the batch: ``subset(idx)`` -> the objective of images ``idx`` only
+Subset = Callable[[Tensor], Objective]
+#: which of the images ``idx`` already decode as the attack wants: ``reached(y8, idx)`` -> bool per image
+Reached = Callable[[Tensor, Tensor], Tensor]
+#: how often (in steps) an image's 8-bit iterate is checked for ``reached``: a forward pass, a third of a step
+CHECK_EVERY = 5
+
+
 def pgd(
     x: Tensor,
     objective: Objective,
@@ -73,59 +81,76 @@ def pgd(
     step_size: float,
     gen: Gen,
     random_start: bool = False,
+    subset: Subset | None = None,
+    reached: Reached | None = None,
 ) -> Tensor:
     """Minimise ``objective`` over x + δ, δ in the ε-ball (see module docstring for norms), x + δ in [0,1].
 
     ``step_size`` is a fraction of the ball's radius.  Returns, per image, the iterate with the lowest objective
-    seen (the start included), detached.  # x: b 3 h w -> b 3 h w
+    seen (the start included), detached.  Early stop (``subset`` and ``reached`` given): every ``CHECK_EVERY``
+    steps an image whose 8-bit iterate ``reached`` the attack's goal leaves the batch with that iterate, and the
+    steps go on for the others only (``subset(idx)``: the objective of images idx).  # x: b 3 h w -> b 3 h w
     """
     x = x.detach()
     b = x.shape[0]
     radius = eps if norm == "linf" else eps * math.sqrt(x[0].numel())
     alpha = step_size * radius
 
-    def project(d: Tensor) -> Tensor:
+    def project(d: Tensor, x0: Tensor) -> Tensor:
         if norm == "linf":
             d = d.clamp(-eps, eps)
         else:
             n = d.flatten(1).norm(dim=1).clamp_min(1e-12)
-            d = d * (radius / n).clamp(max=1.0).view(b, 1, 1, 1)
-        return (x + d).clamp(0, 1) - x
-
-    def loss_and_grad(xa: Tensor, need_grad: bool) -> tuple[Tensor, Tensor | None]:
-        if not need_grad:
-            with torch.no_grad():
-                return objective(xa), None
-        with torch.enable_grad():
-            xa = xa.detach().requires_grad_(True)
-            loss = objective(xa)  # b
-            if not loss.requires_grad:
-                raise WmbenchError(
-                    "pgd: the objective is detached from the image (does the method's extract run under "
-                    "torch.no_grad() although it declares differentiable_extract?)"
-                )
-            (g,) = torch.autograd.grad(loss.sum(), xa)
-        return loss.detach(), g
+            d = d * (radius / n).clamp(max=1.0).view(-1, 1, 1, 1)
+        return (x0 + d).clamp(0, 1) - x0
 
     delta = torch.zeros_like(x)
     if random_start:
         u = rng.rand(gen, *x.shape).to(x) * 2 - 1  # b 3 h w in [-1, 1]
-        delta = project(u * (eps if norm == "linf" else radius / math.sqrt(x[0].numel())))
+        delta = project(u * (eps if norm == "linf" else radius / math.sqrt(x[0].numel())), x)
     best, best_loss = x.clone(), torch.full((b,), math.inf, device=x.device)
+    idx = torch.arange(b, device=x.device)  # the images still being attacked
     for i in range(steps + 1):
-        xa = x + delta
-        loss, g = loss_and_grad(xa, i < steps)  # the last iterate is only scored
-        better = loss < best_loss
-        best[better], best_loss = xa[better].detach(), torch.where(better, loss, best_loss)
+        obj = objective if subset is None or len(idx) == b else subset(idx)
+        xi = x if len(idx) == b else x[idx]
+        xa = xi + delta
+        loss, g = _loss_and_grad(obj, xa, i < steps)  # the last iterate is only scored
+        better = loss < best_loss[idx]
+        best[idx[better]], best_loss[idx[better]] = xa[better].detach(), loss[better]
         if g is None:
             break
         with torch.no_grad():
             if norm == "linf":
-                delta = project(delta - alpha * g.sign())
+                delta = project(delta - alpha * g.sign(), xi)
             else:
-                gn = g.flatten(1).norm(dim=1).clamp_min(1e-12).view(b, 1, 1, 1)
-                delta = project(delta - alpha * g / gn)
+                gn = g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+                delta = project(delta - alpha * g / gn, xi)
+            if reached is not None and subset is not None and (i + 1) % CHECK_EVERY == 0:
+                y8 = torch.round((xi + delta).clamp(0, 1) * 255) / 255
+                done = reached(y8, idx)
+                if done.any():
+                    best[idx[done]] = (xi + delta)[done]
+                    idx, delta = idx[~done], delta[~done]
+                    if len(idx) == 0:
+                        break
     return best
+
+
+def _loss_and_grad(objective: Objective, xa: Tensor, need_grad: bool) -> tuple[Tensor, Tensor | None]:
+    """The per-image objective at xa and, when asked, its gradient.  b 3 h w -> (b, b 3 h w | None)"""
+    if not need_grad:
+        with torch.no_grad():
+            return objective(xa), None
+    with torch.enable_grad():
+        xa = xa.detach().requires_grad_(True)
+        loss = objective(xa)  # b
+        if not loss.requires_grad:
+            raise WmbenchError(
+                "pgd: the objective is detached from the image (does the method's extract run under "
+                "torch.no_grad() although it declares differentiable_extract?)"
+            )
+        (g,) = torch.autograd.grad(loss.sum(), xa)
+    return loss.detach(), g
 
 
 class _Pgd(Attack):
@@ -141,6 +166,10 @@ class _Pgd(Attack):
 
     class Params(PgdParams):
         eot: int = Int(0, ge=0, le=1000, description="random transforms averaged per step (EOT)")
+        early_stop: StrictBool = Field(
+            False,
+            description="an image stops once its 8-bit iterate decodes as the target (checked every 5 steps)",
+        )
         eot_attacks: list[str] = Field(
             list(DEFAULT_EOT), min_length=1, max_length=64, description="the attacks EOT draws from"
         )
@@ -149,7 +178,7 @@ class _Pgd(Attack):
         super().__init__(**params)
         p = self.p
         self.norm, self.steps, self.step_size, self.eot = p.norm, p.steps, p.step_size, p.eot
-        self.target, self.random_start = p.target, p.random_start
+        self.target, self.random_start, self.early_stop = p.target, p.random_start, p.early_stop
         from wmbench.registry import attacks
 
         self.eot_pool: list[Attack] = []
@@ -169,6 +198,8 @@ class _Pgd(Attack):
             "eot_attacks": list(p.eot_attacks),
             "target": self.target,
             "random_start": self.random_start,
+            # only when on: the fingerprints (cache keys, results) of runs without it stay what they were
+            **({"early_stop": True} if self.early_stop else {}),
         }
 
     def label(self) -> str:
@@ -217,16 +248,32 @@ class _Pgd(Attack):
         with torch.no_grad():
             return (method.extract(x) > 0).float()
 
-    def _run(self, start: Tensor, eps: float, objective: Objective, gen: Gen) -> Tensor:
+    def _run(
+        self, method: Method, start: Tensor, eps: float, target: Tensor, gen: Gen, cover: Tensor | None
+    ) -> Tensor:
+        """PGD from ``start`` towards decoding ``target`` (b k); with ``early_stop`` an image leaves once its 8-bit
+        iterate decodes as ``target`` on every bit (per-image generators only: a training batch runs every step)."""
+        stop = self.early_stop and isinstance(gen, rng.ImageGens)
+
+        def subset(idx: Tensor) -> Objective:
+            i = idx.tolist()
+            assert isinstance(gen, rng.ImageGens)
+            return self._objective(method, target[idx], gen.subset(i), None if cover is None else cover[idx])
+
+        def reached(y8: Tensor, idx: Tensor) -> Tensor:
+            return (self._decoded(method, y8) == target[idx]).all(1)
+
         return pgd(
             start,
-            objective,
+            self._objective(method, target, gen, cover),
             eps=eps,
             norm=self.norm,
             steps=self.steps,
             step_size=self.step_size,
             gen=gen,
             random_start=self.random_start,
+            subset=subset if stop else None,
+            reached=reached if stop else None,
         )
 
 
@@ -267,7 +314,7 @@ class PgdRemove(_Pgd):
             target = 1.0 - decoded
         else:
             target = rng.randint(gen, 0, 2, *decoded.shape).to(decoded)
-        y = self._run(x0, eps, self._objective(m, target, gen, cover), gen)
+        y = self._run(m, x0, eps, target, gen, cover)
         return y.to(x.dtype)
 
 
@@ -312,7 +359,7 @@ class PgdForge(_Pgd):
         m = _need_method(self.name, method)
         self._check_differentiable(m)
         target = self._decoded(m, x.detach().float())  # b k: the watermark to copy
-        y = self._run(c0, eps, self._objective(m, target, gen, c0), gen)
+        y = self._run(m, c0, eps, target, gen, c0)
         return y.to(x.dtype)
 
 

@@ -6,6 +6,9 @@
   against.
 * ``jpeg_diff``: kornia's ``jpeg_codec_differentiable`` (real JPEG quantisation tables, rounding replaced by a
   differentiable cubic approximation): within ~0.006 MAE of libjpeg at quality 50 (REFERENCE §1).
+* ``jpeg_st``: real libjpeg values (exactly the ``jpeg`` attack's) with ``jpeg_diff``'s gradient: an optimiser
+  is judged on what JPEG really does to the image, and steered by the approximation's gradient rather than the
+  identity a plain straight-through estimator would give.
 
 Both map b 3 h w in [0,1] to the same shape; sides that are not multiples of the block (8 / 16) are padded by
 edge replication and cropped back.
@@ -128,3 +131,34 @@ class JpegDiff(Attack):
         xp, h, w = _pad_to(x, 16)
         quality = torch.full((x.shape[0],), q, dtype=x.dtype, device=x.device)
         return jpeg_codec_differentiable(xp, quality)[..., :h, :w].clamp(0, 1)  # b 3 h w
+
+
+class JpegST(Attack):
+    """Real JPEG forward, differentiable-JPEG backward: the values of ``jpeg`` (libjpeg through PIL, 4:2:0), the
+    gradient of ``jpeg_diff`` (kornia) at the same quality.  A per-image optimiser (ISMark) that stops pulling once
+    the decoder reads the bits cannot then settle on a perturbation that only the approximation lets through."""
+
+    name = "jpeg_st"
+    description = "real JPEG values (libjpeg) with kornia's differentiable-JPEG gradient"
+    unit = "jpeg quality"
+    differentiable = True
+    integer_strength = True
+    default_strengths = (90.0, 70.0, 50.0, 30.0, 10.0)
+    strength_range = (90.0, 10.0)
+
+    def apply(
+        self,
+        x: Tensor,
+        strength: float,
+        *,
+        gen: Gen,
+        method: Method | None = None,
+        cover: Tensor | None = None,
+    ) -> Tensor:
+        from .compression import Jpeg
+
+        real = Jpeg().apply(x.detach(), strength, gen=gen)  # b 3 h w, on the 8-bit grid
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return real
+        approx = JpegDiff().apply(x, strength, gen=gen)
+        return real + (approx - approx.detach())  # the value: real, exactly; the gradient: approx's

@@ -101,6 +101,49 @@ def test_pgd_forge_copies_the_watermark_onto_a_clean_image():
         attacks().get("pgd_forge")().apply(wm, 4, gen=_gen(), method=m)
 
 
+def _cell_gens(b: int, seed: int = 0):
+    from wmbench import rng
+
+    return rng.ImageGens.for_cell(seed, "test_ss", "pgd", 8.0, image_ids=[str(i) for i in range(b)])
+
+
+@pytest.mark.parametrize("name", ["pgd_remove", "pgd_forge"])
+def test_early_stop_returns_images_that_reached_the_goal_and_runs_the_rest_as_before(name):
+    """An image leaves once its 8-bit iterate decodes as the target; those that never do follow exactly the
+    trajectory they follow without early stop (their own generators, the same shared EOT draws)."""
+    m, x, msg, wm = _setup()
+    clean = _images(seed=11)
+    start, cover = (wm, None) if name == "pgd_remove" else (wm, clean)
+    kw = {"steps": 40, "eot": 1, "eot_attacks": ["gaussian_noise"]}
+    full = attacks().get(name)(**kw).apply(start, 8, gen=_cell_gens(4), method=m, cover=cover)
+    es = attacks().get(name)(early_stop=True, **kw)
+    assert es.label().endswith("early_stop=True]")
+    fast = es.apply(start, 8, gen=_cell_gens(4), method=m, cover=cover)
+    origin = wm if name == "pgd_remove" else clean
+    assert (fast - origin).abs().max() <= 8 / 255 + 1e-6 and fast.min() >= 0 and fast.max() <= 1
+    if name == "pgd_remove":
+        from wmbench import rng
+
+        target = rng.randint(_cell_gens(4), 0, 2, 4, 16).float()  # the attack's first draw: its random target
+        assert _acc(m, fast, msg) <= _acc(m, full, msg) + 0.1  # removal no weaker
+    else:
+        target = (m.extract(wm) > 0).float()  # forgery copies what the watermarked image reads
+        assert _acc(m, fast, msg) >= 0.95
+    read = (m.extract(quantize_8bit(fast)) > 0).float()
+    same = (read == target).all(1)
+    stopped = ~torch.isclose(fast, full).flatten(1).all(1)
+    assert stopped.any(), "nothing stopped early: the test does not exercise early stop"
+    assert same[stopped].all()  # every image that left early decodes as the target after 8-bit rounding
+    assert torch.equal(fast[~stopped], full[~stopped])
+    # ... and alone it is the same image as in the batch
+    i = int(stopped.nonzero()[0])
+    gens = _cell_gens(4).subset([i])
+    alone = es.apply(
+        start[i : i + 1], 8, gen=gens, method=m, cover=None if cover is None else cover[i : i + 1]
+    )
+    assert torch.allclose(alone, fast[i : i + 1], atol=1e-6)
+
+
 def test_non_differentiable_method_is_skipped_with_its_name():
     m, x, _, wm = _setup(_OpaqueSS)
     for name in ("pgd_remove", "pgd_forge"):

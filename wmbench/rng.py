@@ -42,6 +42,14 @@ class ImageGens:
     def __len__(self) -> int:
         return len(self.gens)
 
+    def subset(self, idx: Sequence[int]) -> ImageGens:
+        """The generators of images ``idx`` (the same objects: drawing from either advances both) and the same
+        shared generator: what an attack passes on when it works on part of the batch."""
+        sub = object.__new__(ImageGens)
+        sub.seeds, sub.shared_seed = [self.seeds[i] for i in idx], self.shared_seed
+        sub.gens, sub.shared = [self.gens[i] for i in idx], self.shared
+        return sub
+
 
 Gen = torch.Generator | ImageGens
 
