@@ -133,18 +133,14 @@ class JpegDiff(Attack):
         return jpeg_codec_differentiable(xp, quality)[..., :h, :w].clamp(0, 1)  # b 3 h w
 
 
-class JpegST(Attack):
+class JpegST(JpegDiff):
     """Real JPEG forward, differentiable-JPEG backward: the values of ``jpeg`` (libjpeg through PIL, 4:2:0), the
-    gradient of ``jpeg_diff`` (kornia) at the same quality.  A per-image optimiser (ISMark) that stops pulling once
-    the decoder reads the bits cannot then settle on a perturbation that only the approximation lets through."""
+    gradient of ``jpeg_diff`` (kornia) at the same quality (its unit and strengths too).  A per-image optimiser
+    (ISMark) that stops pulling once the decoder reads the bits cannot then settle on a perturbation that only the
+    approximation lets through."""
 
     name = "jpeg_st"
     description = "real JPEG values (libjpeg) with kornia's differentiable-JPEG gradient"
-    unit = "jpeg quality"
-    differentiable = True
-    integer_strength = True
-    default_strengths = (90.0, 70.0, 50.0, 30.0, 10.0)
-    strength_range = (90.0, 10.0)
 
     def apply(
         self,
@@ -160,5 +156,5 @@ class JpegST(Attack):
         real = Jpeg().apply(x.detach(), strength, gen=gen)  # b 3 h w, on the 8-bit grid
         if not (torch.is_grad_enabled() and x.requires_grad):
             return real
-        approx = JpegDiff().apply(x, strength, gen=gen)
+        approx = super().apply(x, strength, gen=gen)
         return real + (approx - approx.detach())  # the value: real, exactly; the gradient: approx's

@@ -48,3 +48,24 @@ def test_odd_sizes_and_gradients() -> None:
         assert y.shape == x.shape and 0 <= y.min() and y.max() <= 1
         (g,) = torch.autograd.grad(y.sum(), x)
         assert g.abs().sum() > 0
+
+
+def test_jpeg_st_has_real_jpeg_values_and_the_differentiable_gradient() -> None:
+    """jpeg_st: what libjpeg really gives (the jpeg attack's values, bit for bit), steered by kornia's gradient."""
+    from wmbench.registry import attacks
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.round(torch.rand(2, 3, 40, 56, generator=g) * 255) / 255
+    st, real, diff = (attacks().get(n)() for n in ("jpeg_st", "jpeg", "jpeg_diff"))
+    weights = torch.rand(x.shape, generator=g)
+    with torch.no_grad():
+        assert torch.equal(st.apply(x, 50, gen=g), real.apply(x, 50, gen=g))
+    grads = []
+    for atk in (st, diff):
+        xr = x.clone().requires_grad_(True)
+        y = atk.apply(xr, 50, gen=g)
+        (y * weights).sum().backward()
+        grads.append(xr.grad)
+        if atk is st:
+            assert torch.equal(y.detach(), real.apply(x, 50, gen=g))
+    assert torch.equal(grads[0], grads[1]) and grads[0].abs().sum() > 0
