@@ -221,15 +221,22 @@ def test_nbits_selects_the_shipped_checkpoint_of_that_payload() -> None:
     """params: {nbits: 128} loads specguard128.safetensors; a payload with no shipped file says which stem."""
     m = SpecGuard(nbits=128)
     assert m.weights_name == "specguard128" and "weights" not in m.params
-    with pytest.raises(SkipCell, match="specguard256"):
-        SpecGuard(nbits=256).setup(torch.device("cpu"))
+    assert SpecGuard(nbits=256).weights_name == "specguard256"
+    with pytest.raises(SkipCell, match="specguard512"):
+        SpecGuard(nbits=512).setup(torch.device("cpu"))
     with pytest.raises(WmbenchError, match="disagrees"):  # an explicit stem wins, and must match the payload
         SpecGuard(nbits=128, weights="specguard")
 
 
 @pytest.mark.parametrize(
     ("config", "nbits"),
-    [("specguard", 64), ("specguard128", 128), ("specguard_robust", 64), ("specguard_robust40", 64)],
+    [
+        ("specguard", 64),
+        ("specguard128", 128),
+        ("specguard256", 256),
+        ("specguard_robust", 64),
+        ("specguard_robust40", 64),
+    ],
 )
 def test_packaged_config_validates(config: str, nbits: int) -> None:
     _, cfg = load_train_config(config)
@@ -244,9 +251,10 @@ WEIGHTS = Path(__file__).parents[1] / "wmbench" / "weights"
     [
         ({}, "specguard", 64, 0.97, 40.0),
         ({"nbits": 128}, "specguard128", 128, 0.98, 42.0),
+        ({"nbits": 256}, "specguard256", 256, 0.97, 40.0),
         ({"weights": "specguard_robust40"}, "specguard_robust40", 64, 0.97, 40.0),
     ],
-    ids=["64", "128", "robust40"],
+    ids=["64", "128", "256", "robust40"],
 )
 def test_shipped_weights_decode_at_256(
     params: dict[str, Any], stem: str, nbits: int, min_acc: float, min_psnr: float
