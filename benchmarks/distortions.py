@@ -139,12 +139,20 @@ def _rotation_float(deg: float) -> Callable[[Inputs], object]:
 
 
 def _perspective(d_: float) -> Callable[[Inputs], object]:
-    def go(d: Inputs) -> torch.Tensor:
-        b, c, h, w = d.f.shape
-        g = torch.Generator().manual_seed(0)
-        theta = torch.eye(2, 3).expand(b, 2, 3) + d_ * 0.1 * torch.rand(b, 2, 3, generator=g)
-        grid = F.affine_grid(theta, [b, c, h, w], align_corners=True)  # per-image grids, as a warp needs
-        return F.grid_sample(d.f, grid, align_corners=True)
+    """OpenCV's bilinear perspective warp of each 8-bit h w 3 image, each with its own random corners (the kernel
+    ``perspective`` uses on 8-bit batches)."""
+
+    def go(d: Inputs) -> list[np.ndarray]:
+        h, w = d.u8[0].shape[:2]
+        g = np.random.default_rng(0)
+        src = np.float32([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]])
+        inward = np.float32([[1, 1], [-1, 1], [-1, -1], [1, -1]])
+        half = np.float32([(w - 1) / 2, (h - 1) / 2])
+        out = []
+        for a in d.u8:
+            m = cv2.getPerspectiveTransform(src, src + inward * g.random((4, 2), np.float32) * d_ * half)
+            out.append(cv2.warpPerspective(a, m, (w, h), flags=cv2.INTER_LINEAR))
+        return out
 
     return go
 
@@ -248,6 +256,7 @@ def _batch(name: str, s: float) -> Callable[[Inputs], object] | None:
         "webp": codec("WEBP"),
         "median_blur": lambda d: _from_u8([cv2.medianBlur(a, int(s)) for a in _u8_batch(d.f)]),
         "rotation": lambda d: _from_u8(_rotation(s)(_Wrap(_u8_batch(d.f)))),
+        "perspective": lambda d: _from_u8(_perspective(s)(_Wrap(_u8_batch(d.f)))),
         "gaussian_blur": lambda d: torch.from_numpy(
             np.stack(
                 [

@@ -206,6 +206,24 @@ def test_rotation_8bit_path_within_opencv_precision_of_kornia(deg: float, fill: 
         assert d.max() <= 8.5
 
 
+@pytest.mark.parametrize("d", [0.1, 0.3, 0.5])
+def test_perspective_8bit_path_within_opencv_precision_of_kornia(d: float) -> None:
+    """perspective on an 8-bit batch: OpenCV's warpPerspective with the same per-image matrices as kornia's float
+    warp (which gradients and off-grid values still take), within its fixed-point precision."""
+    x = _photos()
+    new = _apply("perspective", x, d)
+    assert torch.equal(new, quantize_8bit(new))  # the OpenCV path ran
+    g = x.clone().requires_grad_(True)
+    old = attacks().get("perspective")().apply(g, d, gen=_gens(x))
+    assert old.requires_grad and not torch.equal(old.detach(), quantize_8bit(old.detach()))  # the float path
+    diff = (new - quantize_8bit(old.detach())).abs() * 255
+    assert diff.mean() < 0.15
+    # away from the black fill (whose edge OpenCV blends at its own precision) few pixels move more than a level
+    black = (old.detach().sum(1, keepdim=True) == 0).float()
+    inner = (F.max_pool2d(black, 5, 1, 2) == 0).expand_as(diff)
+    assert (diff[inner] > 1.5).float().mean() < 0.01 and diff[inner].max() <= 8.5
+
+
 # ------------------------------------------------------------------------------------ colour and noise
 
 

@@ -244,3 +244,15 @@ def test_packaged_enhance_config_validates() -> None:
 
     _, cfg = load_train_config("ismark_enhance")
     assert cfg.model.name == "ismark" and cfg.model.params["sub_iters"] == 80
+
+
+def test_cpu_enhance_config_pins_the_noise_that_trained_the_shipped_decoder() -> None:
+    """The default OPT noise now judges JPEG with jpeg_st; the shipped decoder was trained with kornia's jpeg_diff,
+    so its config names that set and `wmbench train ismark_enhance_cpu` still reproduces it."""
+    from wmbench.methods.ismark import DEFAULT_NOISE, DEFAULT_NOISE_V1
+
+    cfg = yaml.safe_load(resolve_config("ismark_enhance_cpu").read_text())
+    pinned = [{"name": n} if isinstance(n, str) else n for n in cfg["model"]["params"]["noise"]]
+    assert pinned == [dict(d) for d in DEFAULT_NOISE_V1]
+    assert DEFAULT_NOISE[-1]["name"] == "jpeg_st" and DEFAULT_NOISE[:-1] == DEFAULT_NOISE_V1[:-1]
+    assert [lay.name for lay in ISMark(**{**ISMark.tiny_params()}).layers][-1] == "jpeg_st"
