@@ -410,6 +410,16 @@ class SdVae(_Regen):
                 y = _decode(vae, _encode(vae, y, self.params["sample"], gen))  # b 3 h w
         return y.to(x.dtype)
 
+    def forward_st(self, x: Tensor, strength: float, *, gen: Gen, cover: Tensor | None = None) -> Tensor:
+        """Differentiable form (an optimiser such as AdvMark's stage 2 aims at it): the same round trips with
+        autograd through the frozen VAE, not the identity gradient of a straight-through copy.  b 3 h w -> b 3 h w"""
+        n = _integer_strength(self.name, strength, 0, 64, "round trips")
+        vae = self._vae().to(x.device).requires_grad_(False)
+        y = x.float()
+        for _ in range(n):
+            y = _decode(vae, _encode(vae, y, self.params["sample"], gen))
+        return y.to(x.dtype)
+
 
 # ----------------------------------------------------------------------------------------- diffusion regen
 

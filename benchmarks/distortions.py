@@ -105,11 +105,20 @@ def _blur(s: float) -> Callable[[Inputs], object]:
 
 
 def _crop(a: float, centre: bool) -> Callable[[Inputs], object]:
-    def go(d: Inputs) -> torch.Tensor:
-        h, w = d.f.shape[-2:]
+    """OpenCV's bilinear resize of each 8-bit h w 3 image's window back to h w (the kernel ``crop`` /
+    ``center_crop`` use on 8-bit batches); random windows for ``crop``."""
+
+    def go(d: Inputs) -> list[np.ndarray]:
+        h, w = d.u8[0].shape[:2]
         ch, cw = round(h * math.sqrt(a)), round(w * math.sqrt(a))
-        y0, x0 = (h - ch) // 2, (w - cw) // 2  # one window for the whole batch: the cheapest form
-        return F.interpolate(d.f[..., y0 : y0 + ch, x0 : x0 + cw], size=(h, w), mode="bilinear")
+        g = np.random.default_rng(0)
+        out = []
+        for im in d.u8:
+            y0, x0 = (
+                ((h - ch) // 2, (w - cw) // 2) if centre else (g.integers(h - ch + 1), g.integers(w - cw + 1))
+            )
+            out.append(cv2.resize(im[y0 : y0 + ch, x0 : x0 + cw], (w, h), interpolation=cv2.INTER_LINEAR))
+        return out
 
     return go
 
@@ -256,6 +265,8 @@ def _batch(name: str, s: float) -> Callable[[Inputs], object] | None:
         "webp": codec("WEBP"),
         "median_blur": lambda d: _from_u8([cv2.medianBlur(a, int(s)) for a in _u8_batch(d.f)]),
         "rotation": lambda d: _from_u8(_rotation(s)(_Wrap(_u8_batch(d.f)))),
+        "crop": lambda d: _from_u8(_crop(s, False)(_Wrap(_u8_batch(d.f)))),
+        "center_crop": lambda d: _from_u8(_crop(s, True)(_Wrap(_u8_batch(d.f)))),
         "perspective": lambda d: _from_u8(_perspective(s)(_Wrap(_u8_batch(d.f)))),
         "gaussian_blur": lambda d: torch.from_numpy(
             np.stack(

@@ -198,7 +198,7 @@ def _painter_rss(run: Path) -> float:
     from wmbench.painter import Painter
     from wmbench.report import write_report
 
-    painter = Painter.start()
+    painter = Painter.start(force=True)  # this process may have loaded matplotlib (skimage's photos)
     if painter.proc is None:
         return float("nan")
     write_report(run, painter)

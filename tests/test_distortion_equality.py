@@ -149,12 +149,28 @@ def _old_crop(x: Tensor, a: float, gen: rng.Gen | None) -> Tensor:
 
 
 @pytest.mark.parametrize("a", [0.9, 0.5, 0.3])
-def test_crops_equal_the_index_gather(a: float) -> None:
-    x = _photos()
+def test_crops_float_path_equals_the_index_gather(a: float) -> None:
+    """Off the 8-bit grid (and with gradients) crops are torch's float resize of the same windows, bit for bit."""
+    x = _off_grid().clamp(0, 1) * 0.999 + 1e-4
     assert torch.equal(_apply("crop", x, a), _old_crop(x, a, _gens(x)))
     assert torch.equal(_apply("center_crop", x, a), _old_crop(x, a, None))
     g = torch.Generator().manual_seed(4)  # a plain generator (training) draws the same way too
     assert torch.equal(_apply("crop", x, a, gen=g), _old_crop(x, a, torch.Generator().manual_seed(4)))
+    p = _photos().requires_grad_(True)
+    y = attacks().get("crop")().apply(p, a, gen=_gens(p))
+    assert y.requires_grad and torch.equal(y.detach(), _old_crop(p.detach(), a, _gens(p)))
+
+
+@pytest.mark.parametrize("a", [0.9, 0.5, 0.3])
+def test_crops_8bit_path_within_one_level_of_the_float_resize(a: float) -> None:
+    """On the 8-bit grid (the runner's case) the same windows are resized by OpenCV on 8-bit pixels: never more
+    than one level from the rounded float result."""
+    x = _photos()
+    for name, old in (("crop", _old_crop(x, a, _gens(x))), ("center_crop", _old_crop(x, a, None))):
+        new = _apply(name, x, a)
+        assert torch.equal(new, quantize_8bit(new))  # the OpenCV path ran
+        d = (new - quantize_8bit(old)).abs() * 255
+        assert d.max() <= 1.0 + 1e-3 and d.mean() < 0.2, (name, d.max(), d.mean())
 
 
 def _old_rotation(x: Tensor, deg: float, fill: str, gen: rng.Gen | None) -> Tensor:

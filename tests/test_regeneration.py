@@ -154,6 +154,20 @@ def test_sd_vae_round_trips():
     assert sampled.label() == "sd_vae[sample=True,modules=injected]"
 
 
+def test_sd_vae_forward_st_differentiates_through_the_frozen_vae():
+    """What an optimiser (AdvMark stage 2) aims at: apply's values, a real gradient (not the identity of a
+    straight-through copy), and no gradient left on the VAE's weights."""
+    x = _images()
+    atk = attacks().get("sd_vae")().use_modules(vae=_tiny_vae())
+    xr = x.clone().requires_grad_(True)
+    y = atk.forward_st(xr, 2, gen=_gen())
+    assert torch.allclose(y.detach(), atk.apply(x, 2, gen=_gen()), atol=1e-6)
+    (y * torch.linspace(0, 1, y.numel()).view_as(y)).sum().backward()
+    assert xr.grad is not None and xr.grad.abs().sum() > 0
+    assert not torch.allclose(xr.grad, torch.linspace(0, 1, y.numel()).view_as(y))  # not straight-through
+    assert all(q.grad is None for q in atk._vae().parameters())
+
+
 def test_diffusion_regen_noises_and_denoises():
     from diffusers import DDIMScheduler
 
