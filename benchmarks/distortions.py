@@ -197,9 +197,8 @@ def _bare(name: str, s: float) -> Callable[[Inputs], object]:
         "perspective": _perspective(s),
         "brightness": lambda d: d.f.mul(s).clamp_(0, 1),
         "contrast": lambda d: (
-            (d.f - (m := (d.f * gray).sum(1, keepdim=True).mean((2, 3), keepdim=True)))
-            .mul_(s)
-            .add_(m)
+            torch.mul(d.f, s)
+            .add_((d.f.mean((2, 3), keepdim=True) * gray).sum(1, keepdim=True) * (1 - s))
             .clamp_(0, 1)
         ),
         "saturation": lambda d: (d.f - (g := (d.f * gray).sum(1, keepdim=True))).mul_(s).add_(g).clamp_(0, 1),

@@ -252,7 +252,11 @@ def test_colour_and_noise_equal_the_old_expressions(make_x) -> None:
     x = make_x()
     assert torch.equal(_apply("brightness", x, 1.5), (x * 1.5).clamp(0, 1))
     m = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
-    assert torch.equal(_apply("contrast", x, 1.7), (m + 1.7 * (x - m)).clamp(0, 1))
+    old = (m + 1.7 * (x - m)).clamp(0, 1)
+    new = _apply("contrast", x, 1.7)  # the same algebra summed in another order: a few float ulps apart
+    assert torch.allclose(new, old, rtol=0, atol=1e-6)
+    if make_x is _photos:  # on the 8-bit images a run passes, the saved (rounded) pixels are the same
+        assert torch.equal(quantize_8bit(new), quantize_8bit(old))
     g = _gray(x)
     assert torch.equal(_apply("saturation", x, 0.4), (g + 0.4 * (x - g)).clamp(0, 1))
     noise = rng.randn(_gens(x), *x.shape)
