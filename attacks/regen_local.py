@@ -120,6 +120,7 @@ class RegenLocal(TrainingHooks, Attack):
     """
 
     name = "regen_local"
+    stand_in_gradient = True  # forward_st: the codec with its latent rounded straight-through
     description = "learned factorized-prior codec trained by wmbench (real entropy coding, shipped weights)"
     unit = "rate knob r (latent step 8^r; 0 = trained rate)"
     family = "regeneration"

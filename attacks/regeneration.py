@@ -365,6 +365,7 @@ class SdVae(_Regen):
 
     name = "sd_vae"
     description = "diffusers AutoencoderKL encode/decode round trip (hub, local folder or model: builtin)"
+    stand_in_gradient = True  # forward_st: autograd through the frozen VAE
     unit = "VAE round trips"
     integer_strength = True
     default_strengths = (1.0,)

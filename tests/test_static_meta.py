@@ -11,7 +11,15 @@ import pytest
 from wmbench.registry import attacks, methods
 from wmbench.static_meta import plugin_meta, static_meta
 
-ATTACK_FIELDS = ("family", "unit", "default_strengths", "strength_range", "differentiable", "description")
+ATTACK_FIELDS = (
+    "family",
+    "unit",
+    "default_strengths",
+    "strength_range",
+    "differentiable",
+    "stand_in_gradient",
+    "description",
+)
 METHOD_FIELDS = ("nbits", "differentiable_extract", "description")
 CASES = [(attacks, n, ATTACK_FIELDS) for n in attacks().names()] + [
     (methods, n, METHOD_FIELDS) for n in methods().names()
@@ -65,3 +73,23 @@ def test_metric_listing_is_the_metrics_own_table() -> None:
     built = {n: ("image", m.higher_is_better, m.description) for n, m in M.IMAGE_METRICS.items()}
     built |= {n: ("bits", m.higher_is_better, m.description) for n, m in M.BIT_METRICS.items()}
     assert built == METRICS and list(built) == list(METRICS)
+
+
+def test_attack_listing_says_what_gradient_forward_st_gives() -> None:
+    """The gradient column: yes (the attack itself), stand-in (a differentiable forward_st, e.g. a codec with
+    straight-through rounding or a frozen VAE) or straight-through (the identity)."""
+    from wmbench.cli import Kind, _list_rows
+
+    rows = {r["name"]: r for r in _list_rows(Kind.attacks)}
+    assert {n: rows[n]["gradient"] for n in ("rotation", "regen_local", "sd_vae", "jpeg")} == {
+        "rotation": "yes",
+        "regen_local": "stand-in",
+        "sd_vae": "stand-in",
+        "jpeg": "straight-through",
+    }
+    for name, r in rows.items():  # the claim matches the class
+        cls = attacks().get(name)
+        overridden = "forward_st" in {k for c in cls.__mro__[:-1] if c.__name__ != "Attack" for k in vars(c)}
+        assert (r["gradient"] == "stand-in") == (cls.stand_in_gradient and not cls.differentiable), name
+        if r["gradient"] == "stand-in":
+            assert overridden, f"{name} claims a stand-in gradient but keeps Attack.forward_st"

@@ -144,6 +144,9 @@ class Attack(ABC):
     description: ClassVar[str] = ""
     unit: ClassVar[str] = "none"
     differentiable: ClassVar[bool] = False
+    #: not differentiable itself, but ``forward_st`` is a differentiable stand-in (a codec with straight-through
+    #: rounding, a frozen VAE) rather than the identity gradient
+    stand_in_gradient: ClassVar[bool] = False
     needs_method: ClassVar[bool] = False
     needs_cover: ClassVar[bool] = False
     integer_strength: ClassVar[bool] = False

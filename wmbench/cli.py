@@ -106,7 +106,7 @@ LIST_COLUMNS: dict[Kind, list[tuple[str, str, Callable[[Any], str]]]] = {
         ("unit", "unit", str),
         ("default strengths", "default_strengths", _floats),
         ("range (rel 0→1)", "strength_range", _range),
-        ("differentiable", "differentiable", lambda v: "yes" if v else "straight-through"),
+        ("gradient", "gradient", str),
         ("description", "description", str),
     ],
     Kind.metrics: [
@@ -131,8 +131,20 @@ def _list_rows(kind: Kind) -> list[dict[str, Any]]:
             for n, (k, better, text) in METRICS.items()
         ]
     reg = methods() if kind is Kind.methods else attacks()
-    keys = tuple(k for _, k, _ in LIST_COLUMNS[kind] if k != "name")
-    return [{"name": n, **plugin_meta(reg, n, keys)} for n in reg.names()]
+    if kind is Kind.methods:
+        keys = tuple(k for _, k, _ in LIST_COLUMNS[kind] if k != "name")
+        return [{"name": n, **plugin_meta(reg, n, keys)} for n in reg.names()]
+    keys = ("family", "unit", "default_strengths", "strength_range", "differentiable", "stand_in_gradient")
+    rows = [{"name": n, **plugin_meta(reg, n, (*keys, "description"))} for n in reg.names()]
+    for r in rows:  # what training and optimisers get through Attack.forward_st
+        r["gradient"] = (
+            "yes"
+            if r["differentiable"]
+            else "stand-in"
+            if r["stand_in_gradient"] is True
+            else "straight-through"
+        )
+    return rows
 
 
 @app.command("list")
