@@ -158,6 +158,7 @@ class _Pgd(Attack):
 
     family = "adversarial"
     needs_method = True
+    training_form = False  # forward_st refuses: it attacks a method, it is no training distortion
     #: one unit whatever the params (the norm is in the cell's label, e.g. ``pgd_remove(norm=l2)``)
     unit = "epsilon (1/255; L-inf, or RMS per pixel with norm l2)"
     default_strengths = (2.0, 4.0, 8.0)

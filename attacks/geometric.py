@@ -20,24 +20,28 @@ from wmbench.api import Attack, Method, WmbenchError
 from wmbench.params import PluginParams
 from wmbench.rng import Gen
 
-from .filtering import _plain_cpu
+
+def _plain(x: Tensor) -> bool:
+    """A float32 batch that needs no gradient (any device): what the OpenCV 8-bit paths take."""
+    return x.dtype == torch.float32 and not (torch.is_grad_enabled() and x.requires_grad)
 
 
 def _u8_per_image(x: Tensor, fn: Callable[[int, np.ndarray], np.ndarray]) -> Tensor | None:
     """Apply ``fn(i, image i as h w 3 uint8) -> h w 3 uint8`` (an OpenCV kernel) to every image, when every value is
-    on the 8-bit grid (else None); numpy per image, so the grid check and the conversions stay in cache.
+    on the 8-bit grid (else None); numpy per image, so the grid check and the conversions stay in cache.  A GPU batch
+    makes the round trip through the CPU too (as the codecs do), so a cell's values never depend on the device.
     # b 3 h w -> b 3 h w"""
-    import cv2  # imported here: only the CPU fast paths need OpenCV
+    import cv2  # imported here: only the 8-bit paths need OpenCV
 
-    out = torch.empty(x.shape)
-    src, dst = x.detach().contiguous().numpy(), out.numpy()
+    out = torch.empty(x.shape, dtype=torch.float32)
+    src, dst = x.detach().cpu().contiguous().numpy(), out.numpy()
     for i in range(x.shape[0]):
         r = np.rint(src[i] * np.float32(255.0))
         if not (r.min() >= 0 and r.max() <= 255 and np.array_equal(r / np.float32(255.0), src[i])):
             return None
         for c, plane in enumerate(cv2.split(fn(i, cv2.merge(list(r.astype(np.uint8)))))):
             np.divide(plane, np.float32(255.0), out=dst[i, c], dtype=np.float32)
-    return out
+    return out.to(x.device)
 
 
 def _crop_resize(x: Tensor, a: float, name: str, gen: rng.Gen | None) -> Tensor:
@@ -45,8 +49,9 @@ def _crop_resize(x: Tensor, a: float, name: str, gen: rng.Gen | None) -> Tensor:
     centres).  # b 3 h w -> b 3 h w
 
     The window sits at a random integer position drawn from ``gen``, or in the centre when ``gen`` is None.  Under
-    no_grad on a CPU, a batch on the 8-bit grid is resized by OpenCV on 8-bit pixels (2.5× torch's float resize;
-    ~11 % of pixels one level away from the rounded float result, never more); otherwise by torch.
+    no_grad, a batch on the 8-bit grid (on any device) is resized by OpenCV on 8-bit pixels (2.5× torch's float resize;
+    ~11 % of pixels one level away from the rounded float result, never more); otherwise (gradients, off-grid
+    values) by torch.
     """
     if not 0.0 < a <= 1.0:
         raise WmbenchError(f"attack {name!r}: kept area ratio {a} is outside (0, 1]")
@@ -59,7 +64,7 @@ def _crop_resize(x: Tensor, a: float, name: str, gen: rng.Gen | None) -> Tensor:
     else:
         y0 = rng.randint(gen, 0, h - ch + 1, b).tolist()
         x0 = rng.randint(gen, 0, w - cw + 1, b).tolist()
-    if _plain_cpu(x):  # 8-bit batches: OpenCV's bilinear resize (11-bit weights: <= 1 level off; tested)
+    if _plain(x):  # 8-bit batches: OpenCV's bilinear resize (11-bit weights: <= 1 level off; tested)
         import cv2
 
         def crop_resize(i: int, img: np.ndarray) -> np.ndarray:
@@ -199,9 +204,9 @@ class Rotation(Attack):
     """Rotate about the centre (bilinear), counter-clockwise by ``strength`` degrees; uncovered corners are
     ``fill``: black (default, as WAVES), reflect or border.  ``random_sign=True`` draws the direction per image.
 
-    Two kernels, one geometry: under no_grad on a CPU, a batch on the 8-bit grid (as the runner passes it) is
+    Two kernels, one geometry: under no_grad, a batch on the 8-bit grid (as the runner passes it, on any device) is
     rotated by OpenCV on 8-bit pixels (``_rotate_cv2``: within one level of the float warp on 93 % of pixels);
-    otherwise (gradients, GPU, off-grid values) by kornia's float warp."""
+    otherwise (gradients, off-grid values) by kornia's float warp."""
 
     name = "rotation"
     description = "rotation about the centre (bilinear, black corners by default)"
@@ -234,7 +239,7 @@ class Rotation(Attack):
             return x
         b = x.shape[0]
         sign = (rng.randint(gen, 0, 2, b) * 2 - 1).tolist() if self.random_sign else [1] * b
-        if _plain_cpu(x):
+        if _plain(x):
             y = _rotate_cv2(x, [sg * float(strength) for sg in sign], self.fill)
             if y is not None:
                 return y
@@ -251,7 +256,7 @@ class Rotation(Attack):
 class Perspective(Attack):
     """Random perspective warp (torchvision RandomPerspective semantics): each corner moves inward by up to
     ``strength`` × half the width/height, uniformly at random from ``gen``; outside is black.  Like ``rotation``:
-    OpenCV on 8-bit batches under no_grad on a CPU, kornia's float warp otherwise (the same matrices)."""
+    OpenCV on 8-bit batches under no_grad (any device), kornia's float warp otherwise (the same matrices)."""
 
     name = "perspective"
     description = "random perspective warp of the corners (black outside)"
@@ -283,7 +288,7 @@ class Perspective(Attack):
         shift = rng.rand(gen, b, 4, 2) * d * half  # b 4 2 (x, y), in px
         dst = src + inward * shift
         m = get_perspective_transform(src.expand(b, 4, 2), dst)  # b 3 3
-        if _plain_cpu(x):
+        if _plain(x):
             y = _warp_cv2(x, list(m.double().numpy()), _CV_BORDER["black"])
             if y is not None:
                 return y

@@ -153,6 +153,8 @@ class JpegST(JpegDiff):
     ) -> Tensor:
         from .compression import Jpeg
 
+        if not 1 <= round(strength) <= 100:  # jpeg_diff's range, checked before either codec runs
+            raise WmbenchError(f"attack 'jpeg_st': quality {strength} is outside [1, 100]")
         real = Jpeg().apply(x.detach(), strength, gen=gen)  # b 3 h w, on the 8-bit grid
         if not (torch.is_grad_enabled() and x.requires_grad):
             return real

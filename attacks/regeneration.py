@@ -415,7 +415,9 @@ class SdVae(_Regen):
         """Differentiable form (an optimiser such as AdvMark's stage 2 aims at it): the same round trips with
         autograd through the frozen VAE, not the identity gradient of a straight-through copy.  b 3 h w -> b 3 h w"""
         n = _integer_strength(self.name, strength, 0, 64, "round trips")
-        vae = self._vae().to(x.device).requires_grad_(False)
+        vae = self._vae().to(
+            x.device
+        )  # loaded frozen (load_autoencoder); an injected module is left as given
         y = x.float()
         for _ in range(n):
             y = _decode(vae, _encode(vae, y, self.params["sample"], gen))

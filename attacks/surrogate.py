@@ -112,6 +112,7 @@ class SurrogateTransfer(TrainingHooks, Attack):
     checkpoint when one is given; explicit values must agree).
     """
 
+    training_form = False  # forward_st refuses: it attacks a method's watermark
     name = NAME
     description = (
         "transfer PGD: pushes a trained watermarked-vs-clean surrogate classifier towards 'clean' (WAVES "

@@ -107,20 +107,45 @@ def _cell_gens(b: int, seed: int = 0):
     return rng.ImageGens.for_cell(seed, "test_ss", "pgd", 8.0, image_ids=[str(i) for i in range(b)])
 
 
-@pytest.mark.parametrize("name", ["pgd_remove", "pgd_forge"])
-def test_early_stop_returns_images_that_reached_the_goal_and_runs_the_rest_as_before(name):
+def _left_early(atk, m, start: Tensor, cover: Tensor | None, eps: float) -> Tensor:
+    """Which images ``pgd`` let go early (recorded from its ``reached`` calls).  -> b bool"""
+    import wmbench.attacks.adversarial as adv
+
+    left = torch.zeros(start.shape[0], dtype=torch.bool)
+    real = adv.pgd
+
+    def spy(*a, **kw):
+        reached = kw["reached"]
+
+        def recording(y8: Tensor, idx: Tensor) -> Tensor:
+            done = reached(y8, idx)
+            left[idx[done]] = True
+            return done
+
+        return real(*a, **{**kw, "reached": recording})
+
+    adv.pgd = spy
+    try:
+        atk.apply(start, eps, gen=_cell_gens(start.shape[0]), method=m, cover=cover)
+    finally:
+        adv.pgd = real
+    return left
+
+
+@pytest.mark.parametrize(("name", "eps"), [("pgd_remove", 6.0), ("pgd_forge", 2.5)])  # some images reach it
+def test_early_stop_returns_images_that_reached_the_goal_and_runs_the_rest_as_before(name, eps):
     """An image leaves once its 8-bit iterate decodes as the target; those that never do follow exactly the
     trajectory they follow without early stop (their own generators, the same shared EOT draws)."""
     m, x, msg, wm = _setup()
     clean = _images(seed=11)
     start, cover = (wm, None) if name == "pgd_remove" else (wm, clean)
     kw = {"steps": 40, "eot": 1, "eot_attacks": ["gaussian_noise"]}
-    full = attacks().get(name)(**kw).apply(start, 8, gen=_cell_gens(4), method=m, cover=cover)
+    full = attacks().get(name)(**kw).apply(start, eps, gen=_cell_gens(4), method=m, cover=cover)
     es = attacks().get(name)(early_stop=True, **kw)
     assert es.label().endswith("early_stop=True]")
-    fast = es.apply(start, 8, gen=_cell_gens(4), method=m, cover=cover)
+    fast = es.apply(start, eps, gen=_cell_gens(4), method=m, cover=cover)
     origin = wm if name == "pgd_remove" else clean
-    assert (fast - origin).abs().max() <= 8 / 255 + 1e-6 and fast.min() >= 0 and fast.max() <= 1
+    assert (fast - origin).abs().max() <= eps / 255 + 1e-6 and fast.min() >= 0 and fast.max() <= 1
     if name == "pgd_remove":
         from wmbench import rng
 
@@ -128,18 +153,18 @@ def test_early_stop_returns_images_that_reached_the_goal_and_runs_the_rest_as_be
         assert _acc(m, fast, msg) <= _acc(m, full, msg) + 0.1  # removal no weaker
     else:
         target = (m.extract(wm) > 0).float()  # forgery copies what the watermarked image reads
-        assert _acc(m, fast, msg) >= 0.95
+        assert _acc(m, fast, msg) >= _acc(m, full, msg) - 0.1  # forgery no weaker
     read = (m.extract(quantize_8bit(fast)) > 0).float()
     same = (read == target).all(1)
-    stopped = ~torch.isclose(fast, full).flatten(1).all(1)
-    assert stopped.any(), "nothing stopped early: the test does not exercise early stop"
-    assert same[stopped].all()  # every image that left early decodes as the target after 8-bit rounding
-    assert torch.equal(fast[~stopped], full[~stopped])
+    left = _left_early(es, m, start, cover, eps)  # which images the attack itself let go
+    assert left.any() and not left.all(), "early stop not exercised on this batch"
+    assert same[left].all()  # every image that left decodes as the target after 8-bit rounding
+    assert torch.equal(fast[~left], full[~left])  # the others ran every step, exactly as without early stop
     # ... and alone it is the same image as in the batch
-    i = int(stopped.nonzero()[0])
+    i = int(left.nonzero()[0])
     gens = _cell_gens(4).subset([i])
     alone = es.apply(
-        start[i : i + 1], 8, gen=gens, method=m, cover=None if cover is None else cover[i : i + 1]
+        start[i : i + 1], eps, gen=gens, method=m, cover=None if cover is None else cover[i : i + 1]
     )
     assert torch.allclose(alone, fast[i : i + 1], atol=1e-6)
 

@@ -156,9 +156,9 @@ def test_sd_vae_round_trips():
 
 def test_sd_vae_forward_st_differentiates_through_the_frozen_vae():
     """What an optimiser (AdvMark stage 2) aims at: apply's values, a real gradient (not the identity of a
-    straight-through copy), and no gradient left on the VAE's weights."""
+    straight-through copy), and no gradient left on frozen weights."""
     x = _images()
-    atk = attacks().get("sd_vae")().use_modules(vae=_tiny_vae())
+    atk = attacks().get("sd_vae")().use_modules(vae=_tiny_vae().requires_grad_(False))
     xr = x.clone().requires_grad_(True)
     y = atk.forward_st(xr, 2, gen=_gen())
     assert torch.allclose(y.detach(), atk.apply(x, 2, gen=_gen()), atol=1e-6)

@@ -7,7 +7,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+from wmbench.api import WmbenchError
 from wmbench.registry import attacks, methods
 from wmbench.static_meta import plugin_meta, static_meta
 
@@ -18,6 +20,7 @@ ATTACK_FIELDS = (
     "strength_range",
     "differentiable",
     "stand_in_gradient",
+    "training_form",
     "description",
 )
 METHOD_FIELDS = ("nbits", "differentiable_extract", "description")
@@ -81,12 +84,23 @@ def test_attack_listing_says_what_gradient_forward_st_gives() -> None:
     from wmbench.cli import Kind, _list_rows
 
     rows = {r["name"]: r for r in _list_rows(Kind.attacks)}
-    assert {n: rows[n]["gradient"] for n in ("rotation", "regen_local", "sd_vae", "jpeg")} == {
+    assert {n: rows[n]["gradient"] for n in ("rotation", "regen_local", "sd_vae", "jpeg", "pgd_remove")} == {
         "rotation": "yes",
         "regen_local": "stand-in",
         "sd_vae": "stand-in",
         "jpeg": "straight-through",
+        "pgd_remove": "none",
     }
+    x = torch.full((1, 3, 16, 16), 0.5)
+    for name, r in rows.items():  # "none" exactly where forward_st refuses (all of them need a method)
+        cls = attacks().get(name)
+        if cls.needs_method or r["gradient"] == "none":
+            try:
+                cls().forward_st(x, cls.default_strengths[0], gen=torch.Generator())
+                refused = False
+            except WmbenchError:
+                refused = True
+            assert refused == (r["gradient"] == "none"), name
     for name, r in rows.items():  # the claim matches the class
         cls = attacks().get(name)
         overridden = "forward_st" in {k for c in cls.__mro__[:-1] if c.__name__ != "Attack" for k in vars(c)}

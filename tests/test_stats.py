@@ -217,3 +217,16 @@ def test_distribution_functions_equal_scipy_stats(n):
     assert gof["expected"] == [round(float(x), 3) for x in (n + 1) * st.binom.pmf(np.arange(31), 30, 0.5)]
     if gof["dof"] > 0:
         assert gof["p_value"] == pytest.approx(st.chi2.sf(gof["statistic"], gof["dof"]), rel=1e-12)
+
+
+@pytest.mark.parametrize("k", [30, 256, 1024, 4096])
+def test_binomial_gof_stays_finite_for_long_payloads(k):
+    """Expected counts in log space: n·C(k, j)·2^-k neither overflows nor underflows at k = 4096 bits."""
+    rs = np.random.default_rng(k)
+    counts = rs.binomial(k, 0.5, size=2000)
+    gof = stats.binomial_gof(counts, k)
+    exp = np.asarray(gof["expected"])
+    assert np.isfinite(exp).all() and abs(exp.sum() - 2000) < 0.01 * 2000
+    assert gof["dof"] > 0 and np.isfinite(gof["p_value"]) and gof["p_value"] > 1e-4  # fair coins pass
+    ref = 2000 * st.binom.pmf(np.arange(k + 1), k, 0.5)
+    assert np.allclose(exp, np.round(ref, 3), rtol=1e-6, atol=2e-3)

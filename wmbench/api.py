@@ -147,6 +147,8 @@ class Attack(ABC):
     #: not differentiable itself, but ``forward_st`` is a differentiable stand-in (a codec with straight-through
     #: rounding, a frozen VAE) rather than the identity gradient
     stand_in_gradient: ClassVar[bool] = False
+    #: False when ``forward_st`` refuses (attacks on a method's decoder, e.g. PGD): no training form at all
+    training_form: ClassVar[bool] = True
     needs_method: ClassVar[bool] = False
     needs_cover: ClassVar[bool] = False
     integer_strength: ClassVar[bool] = False

@@ -135,16 +135,19 @@ def _list_rows(kind: Kind) -> list[dict[str, Any]]:
         keys = tuple(k for _, k, _ in LIST_COLUMNS[kind] if k != "name")
         return [{"name": n, **plugin_meta(reg, n, keys)} for n in reg.names()]
     keys = ("family", "unit", "default_strengths", "strength_range", "differentiable", "stand_in_gradient")
-    rows = [{"name": n, **plugin_meta(reg, n, (*keys, "description"))} for n in reg.names()]
+    rows = [{"name": n, **plugin_meta(reg, n, (*keys, "training_form", "description"))} for n in reg.names()]
     for r in rows:  # what training and optimisers get through Attack.forward_st
-        r["gradient"] = (
-            "yes"
-            if r["differentiable"]
-            else "stand-in"
-            if r["stand_in_gradient"] is True
-            else "straight-through"
-        )
+        r["gradient"] = _gradient(r)
     return rows
+
+
+def _gradient(r: dict[str, Any]) -> str:
+    """none (forward_st refuses) | yes (the attack itself) | stand-in (a differentiable forward_st) | straight-through"""
+    if r["training_form"] is False:
+        return "none"
+    if r["differentiable"]:
+        return "yes"
+    return "stand-in" if r["stand_in_gradient"] is True else "straight-through"
 
 
 @app.command("list")
@@ -351,7 +354,8 @@ def run(
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     finally:
-        if painter is not None and res is None:  # failed or interrupted: let the helper go now
+        if painter is not None and res is None:  # failed or interrupted: stop the helper now
+            painter.kill()
             painter.close()
     from wmbench.report import summary_table, write_report  # pandas tables; figures by the painter
 

@@ -200,7 +200,10 @@ def binomial_gof(counts: np.ndarray, k: int) -> dict[str, float | int | list]:
     c = np.asarray(counts, dtype=np.int64).ravel()
     n = int(c.size)
     obs = np.bincount(c, minlength=k + 1)[: k + 1].astype(np.float64)
-    exp = n * sp.binom(k, np.arange(k + 1)) * 0.5**k
+    j = np.arange(k + 1)
+    exp = n * np.exp(
+        sp.gammaln(k + 1) - sp.gammaln(j + 1) - sp.gammaln(k - j + 1) - k * math.log(2)
+    )  # no overflow
     edges = _pooled_bins(exp)
     o = np.array([obs[a:b].sum() for a, b in edges])
     e = np.array([exp[a:b].sum() for a, b in edges])
