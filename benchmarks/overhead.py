@@ -193,8 +193,10 @@ def main() -> None:
 
 
 def _painter_rss(run: Path) -> float:
-    """Peak RSS of the helper process that draws a run's figures (a process of its own, so ``wait4`` on the
-    run does not count it): replay the report with a fresh helper, then reap it.  -> MB"""
+    """Peak RSS of the helper process that draws a run's figures (a process of its own, so ``wait4`` on the run
+    does not count it): replay the report with a fresh helper and read its ``VmHWM`` (peak since its exec; Linux)
+    before it exits.  ``wait4``'s ``ru_maxrss`` would not do: Linux keeps the forking parent's high-water mark
+    across exec.  -> MB"""
     from wmbench.painter import Painter
     from wmbench.report import write_report
 
@@ -202,9 +204,13 @@ def _painter_rss(run: Path) -> float:
     if painter.proc is None:
         return float("nan")
     write_report(run, painter)
+    try:
+        status = Path(f"/proc/{painter.proc.pid}/status").read_text()
+        kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+    except (OSError, StopIteration):
+        kb = float("nan")
     painter.close()
-    _, _, ru = os.wait4(painter.proc.pid, 0)
-    return ru.ru_maxrss / 1024
+    return kb / 1024
 
 
 if __name__ == "__main__":
