@@ -17,10 +17,14 @@ from wmbench.rng import Gen
 _LUMA = (0.299, 0.587, 0.114)
 
 
+def _luma_weights(x: Tensor) -> Tensor:
+    """ITU-R 601 luma weights on x's device and dtype.  -> 1 3 1 1"""
+    return torch.tensor(_LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+
+
 def _gray(x: Tensor) -> Tensor:
     """ITU-R 601 luma.  # b 3 h w -> b 1 h w"""
-    w = torch.tensor(_LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x * w).sum(1, keepdim=True)
+    return (x * _luma_weights(x)).sum(1, keepdim=True)
 
 
 def _factor(name: str, f: float) -> float:
@@ -72,8 +76,7 @@ class Contrast(Attack):
     ) -> Tensor:
         f = _factor(self.name, strength)
         # the mean grey is linear in the channel means: one reduction, no b 1 h w grey image (1.5x)
-        w = torch.tensor(_LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        m = (x.mean(dim=(2, 3), keepdim=True) * w).sum(1, keepdim=True)  # b 1 1 1
+        m = (x.mean(dim=(2, 3), keepdim=True) * _luma_weights(x)).sum(1, keepdim=True)  # b 1 1 1
         return torch.mul(x, f).add_(m * (1 - f)).clamp_(0, 1)  # = m + f·(x − m), one pass (within 1e-6 of it)
 
 

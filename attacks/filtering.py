@@ -12,6 +12,8 @@ from torch import Tensor
 from wmbench.api import Attack, Method, WmbenchError
 from wmbench.rng import Gen
 
+from .opencv8 import plain_cpu, u8_per_image
+
 
 def _blur_matrix(n: int, sigma: float, half: int, like: Tensor) -> Tensor:
     """The n×n matrix of a 1-D Gaussian blur (taps ±half, reflected borders): a dense matmul is far faster
@@ -24,15 +26,6 @@ def _blur_matrix(n: int, sigma: float, half: int, like: Tensor) -> Tensor:
     j = torch.where(j > n - 1, 2 * (n - 1) - j, j)
     m = torch.zeros(n, n, dtype=torch.float64).scatter_add_(1, j, g)
     return m.to(device=like.device, dtype=like.dtype)
-
-
-def _plain_cpu(x: Tensor) -> bool:
-    """True for a float32 CPU batch that needs no gradient: the case OpenCV's kernels can take."""
-    return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and not (torch.is_grad_enabled() and x.requires_grad)
-    )
 
 
 def _planes(x: Tensor) -> np.ndarray:
@@ -86,7 +79,7 @@ class GaussianBlur(Attack):
         if s == 0 or half < 1:
             return x
         k = 2 * half + 1
-        if _plain_cpu(x):
+        if plain_cpu(x):
             return _blur_cv2(x, s, half)
         if max(h, w) > max(512, 16 * k):
             from kornia.filters import gaussian_blur2d  # imported here: kornia costs ~1 s to import
@@ -117,20 +110,10 @@ def _median_torch(x: Tensor, k: int) -> Tensor:
 def _median_cv2(x: Tensor, k: int) -> Tensor | None:
     """The same median via OpenCV (O(1) per pixel) when every value is on the 8-bit grid (``quantize_8bit(x) ==
     x``; else None): identical values, much faster than sorting k² windows on a CPU, but outside autograd.
-    Image by image, so the grid check and the 8-bit conversions stay in cache; OpenCV filters interleaved
-    h w 3 images (its per-channel SIMD), merged from and split back into planes.  # b 3 h w -> b 3 h w"""
+    OpenCV filters interleaved h w 3 images (its per-channel SIMD).  # b 3 h w -> b 3 h w"""
     import cv2  # imported here: only this path needs OpenCV
 
-    out = torch.empty(x.shape)
-    src, dst = x.detach().contiguous().numpy(), out.numpy()
-    for i in range(x.shape[0]):  # numpy, not small torch ops: no thread-pool barrier per op on a loaded CPU
-        r = np.rint(src[i] * np.float32(255.0))  # round half to even, as torch.round
-        if not (r.min() >= 0 and r.max() <= 255 and np.array_equal(r / np.float32(255.0), src[i])):
-            return None
-        med = cv2.medianBlur(cv2.merge(list(r.astype(np.uint8))), k)  # h w 3
-        for c, plane in enumerate(cv2.split(med)):
-            np.divide(plane, np.float32(255.0), out=dst[i, c], dtype=np.float32)
-    return out
+    return u8_per_image(x, lambda _i, img: cv2.medianBlur(img, k))
 
 
 class MedianBlur(Attack):
@@ -164,7 +147,7 @@ class MedianBlur(Attack):
         k = _odd(strength)
         if k == 1:
             return x
-        y = _median_cv2(x, k) if _plain_cpu(x) else None
+        y = _median_cv2(x, k) if plain_cpu(x) else None
         return _median_torch(x, k) if y is None else y  # b 3 h w
 
 

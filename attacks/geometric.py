@@ -6,7 +6,6 @@ Every output is resized or warped back to the input's h w, so a decoder sees the
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -20,28 +19,7 @@ from wmbench.api import Attack, Method, WmbenchError
 from wmbench.params import PluginParams
 from wmbench.rng import Gen
 
-
-def _plain(x: Tensor) -> bool:
-    """A float32 batch that needs no gradient (any device): what the OpenCV 8-bit paths take."""
-    return x.dtype == torch.float32 and not (torch.is_grad_enabled() and x.requires_grad)
-
-
-def _u8_per_image(x: Tensor, fn: Callable[[int, np.ndarray], np.ndarray]) -> Tensor | None:
-    """Apply ``fn(i, image i as h w 3 uint8) -> h w 3 uint8`` (an OpenCV kernel) to every image, when every value is
-    on the 8-bit grid (else None); numpy per image, so the grid check and the conversions stay in cache.  A GPU batch
-    makes the round trip through the CPU too (as the codecs do), so a cell's values never depend on the device.
-    # b 3 h w -> b 3 h w"""
-    import cv2  # imported here: only the 8-bit paths need OpenCV
-
-    out = torch.empty(x.shape, dtype=torch.float32)
-    src, dst = x.detach().cpu().contiguous().numpy(), out.numpy()
-    for i in range(x.shape[0]):
-        r = np.rint(src[i] * np.float32(255.0))
-        if not (r.min() >= 0 and r.max() <= 255 and np.array_equal(r / np.float32(255.0), src[i])):
-            return None
-        for c, plane in enumerate(cv2.split(fn(i, cv2.merge(list(r.astype(np.uint8)))))):
-            np.divide(plane, np.float32(255.0), out=dst[i, c], dtype=np.float32)
-    return out.to(x.device)
+from .opencv8 import plain, u8_per_image
 
 
 def _crop_resize(x: Tensor, a: float, name: str, gen: rng.Gen | None) -> Tensor:
@@ -64,14 +42,14 @@ def _crop_resize(x: Tensor, a: float, name: str, gen: rng.Gen | None) -> Tensor:
     else:
         y0 = rng.randint(gen, 0, h - ch + 1, b).tolist()
         x0 = rng.randint(gen, 0, w - cw + 1, b).tolist()
-    if _plain(x):  # 8-bit batches: OpenCV's bilinear resize (11-bit weights: <= 1 level off; tested)
+    if plain(x):  # 8-bit batches: OpenCV's bilinear resize (11-bit weights: <= 1 level off; tested)
         import cv2
 
         def crop_resize(i: int, img: np.ndarray) -> np.ndarray:
             window = img[y0[i] : y0[i] + ch, x0[i] : x0[i] + cw]
             return cv2.resize(window, (w, h), interpolation=cv2.INTER_LINEAR)
 
-        y = _u8_per_image(x, crop_resize)
+        y = u8_per_image(x, crop_resize)
         if y is not None:
             return y
     if gen is None:  # one window for the batch: a view, no copy
@@ -188,7 +166,7 @@ def _warp_cv2(x: Tensor, mats: list[np.ndarray], border: int) -> Tensor | None:
         f = cv2.warpAffine if mats[i].shape[0] == 2 else cv2.warpPerspective
         return f(img, mats[i], (w, h), flags=cv2.INTER_LINEAR, borderMode=border)
 
-    return _u8_per_image(x, warp)
+    return u8_per_image(x, warp)
 
 
 def _rotate_cv2(x: Tensor, degrees: list[float], fill: str) -> Tensor | None:
@@ -239,7 +217,7 @@ class Rotation(Attack):
             return x
         b = x.shape[0]
         sign = (rng.randint(gen, 0, 2, b) * 2 - 1).tolist() if self.random_sign else [1] * b
-        if _plain(x):
+        if plain(x):
             y = _rotate_cv2(x, [sg * float(strength) for sg in sign], self.fill)
             if y is not None:
                 return y
@@ -288,7 +266,7 @@ class Perspective(Attack):
         shift = rng.rand(gen, b, 4, 2) * d * half  # b 4 2 (x, y), in px
         dst = src + inward * shift
         m = get_perspective_transform(src.expand(b, 4, 2), dst)  # b 3 3
-        if _plain(x):
+        if plain(x):
             y = _warp_cv2(x, list(m.double().numpy()), _CV_BORDER["black"])
             if y is not None:
                 return y

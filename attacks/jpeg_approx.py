@@ -125,12 +125,17 @@ class JpegDiff(Attack):
     ) -> Tensor:
         from kornia.enhance import jpeg_codec_differentiable
 
-        q = float(round(strength))
-        if not 1 <= q <= 100:
-            raise WmbenchError(f"attack 'jpeg_diff': quality {strength} is outside [1, 100]")
+        q = self._quality(strength)
         xp, h, w = _pad_to(x, 16)
         quality = torch.full((x.shape[0],), q, dtype=x.dtype, device=x.device)
         return jpeg_codec_differentiable(xp, quality)[..., :h, :w].clamp(0, 1)  # b 3 h w
+
+    def _quality(self, strength: float) -> float:
+        """The integer quality in [1, 100] the strength names, or an error naming this attack."""
+        q = float(round(strength))
+        if not 1 <= q <= 100:
+            raise WmbenchError(f"attack {self.name!r}: quality {strength} is outside [1, 100]")
+        return q
 
 
 class JpegST(JpegDiff):
@@ -153,8 +158,7 @@ class JpegST(JpegDiff):
     ) -> Tensor:
         from .compression import Jpeg
 
-        if not 1 <= round(strength) <= 100:  # jpeg_diff's range, checked before either codec runs
-            raise WmbenchError(f"attack 'jpeg_st': quality {strength} is outside [1, 100]")
+        self._quality(strength)  # jpeg_diff's range, checked before either codec runs
         real = Jpeg().apply(x.detach(), strength, gen=gen)  # b 3 h w, on the 8-bit grid
         if not (torch.is_grad_enabled() and x.requires_grad):
             return real

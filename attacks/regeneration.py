@@ -404,23 +404,21 @@ class SdVae(_Regen):
         n = _integer_strength(self.name, strength, 0, 64, "round trips")  # as check_strength
         if n == 0:
             return x
-        vae = self._vae().to(x.device)
-        y = x.detach().float()
         with torch.no_grad():
-            for _ in range(n):
-                y = _decode(vae, _encode(vae, y, self.params["sample"], gen))  # b 3 h w
-        return y.to(x.dtype)
+            return self._rinse(x.detach(), n, gen)
 
     def forward_st(self, x: Tensor, strength: float, *, gen: Gen, cover: Tensor | None = None) -> Tensor:
         """Differentiable form (an optimiser such as AdvMark's stage 2 aims at it): the same round trips with
         autograd through the frozen VAE, not the identity gradient of a straight-through copy.  b 3 h w -> b 3 h w"""
-        n = _integer_strength(self.name, strength, 0, 64, "round trips")
-        vae = self._vae().to(
-            x.device
-        )  # loaded frozen (load_autoencoder); an injected module is left as given
+        return self._rinse(x, _integer_strength(self.name, strength, 0, 64, "round trips"), gen)
+
+    def _rinse(self, x: Tensor, n: int, gen: Gen) -> Tensor:
+        """``n`` encode/decode round trips, in float32 (the VAE is loaded frozen by ``load_autoencoder``; an
+        injected module is used as given).  b 3 h w -> b 3 h w in x's dtype"""
+        vae = self._vae().to(x.device)
         y = x.float()
         for _ in range(n):
-            y = _decode(vae, _encode(vae, y, self.params["sample"], gen))
+            y = _decode(vae, _encode(vae, y, self.params["sample"], gen))  # b 3 h w
         return y.to(x.dtype)
 
 

@@ -134,19 +134,6 @@ def _rotation(deg: float) -> Callable[[Inputs], object]:
     return go
 
 
-def _rotation_float(deg: float) -> Callable[[Inputs], object]:
-    """torch's float bilinear warp of the folded batch (the kernel under gradients / off the 8-bit grid)."""
-
-    def go(d: Inputs) -> torch.Tensor:
-        b, c, h, w = d.f.shape
-        t = math.radians(deg)
-        theta = torch.tensor([[math.cos(t), math.sin(t) * h / w, 0], [-math.sin(t) * w / h, math.cos(t), 0]])
-        grid = F.affine_grid(theta[None], [1, b * c, h, w], align_corners=True)
-        return F.grid_sample(d.f.view(1, b * c, h, w), grid, align_corners=True).view(b, c, h, w)
-
-    return go
-
-
 def _perspective(d_: float) -> Callable[[Inputs], object]:
     """OpenCV's bilinear perspective warp of each 8-bit h w 3 image, each with its own random corners (the kernel
     ``perspective`` uses on 8-bit batches)."""

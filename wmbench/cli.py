@@ -131,14 +131,17 @@ def _list_rows(kind: Kind) -> list[dict[str, Any]]:
             for n, (k, better, text) in METRICS.items()
         ]
     reg = methods() if kind is Kind.methods else attacks()
+    keys = tuple(k for _, k, _ in LIST_COLUMNS[kind] if k not in ("name", "gradient"))
     if kind is Kind.methods:
-        keys = tuple(k for _, k, _ in LIST_COLUMNS[kind] if k != "name")
         return [{"name": n, **plugin_meta(reg, n, keys)} for n in reg.names()]
-    keys = ("family", "unit", "default_strengths", "strength_range", "differentiable", "stand_in_gradient")
-    rows = [{"name": n, **plugin_meta(reg, n, (*keys, "training_form", "description"))} for n in reg.names()]
+    rows = [{"name": n, **plugin_meta(reg, n, (*keys, *GRADIENT_KEYS))} for n in reg.names()]
     for r in rows:  # what training and optimisers get through Attack.forward_st
         r["gradient"] = _gradient(r)
     return rows
+
+
+#: the class constants the attacks' ``gradient`` column is derived from
+GRADIENT_KEYS = ("differentiable", "stand_in_gradient", "training_form")
 
 
 def _gradient(r: dict[str, Any]) -> str:

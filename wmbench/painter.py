@@ -159,14 +159,11 @@ class Painter:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
 
-    def close(self, reap: bool = True) -> None:
-        """Let the helper finish what it was sent and exit, then reap it (killed if it takes over 10 s); with
-        ``reap=False`` only close its stdin (a caller that reaps it itself, e.g. to read its rusage)."""
+    def close(self) -> None:
+        """Let the helper finish what it was sent and exit, then reap it (killed if it takes over 10 s)."""
         if self.proc is None:
             return
         self._out.put(None)
-        if not reap:
-            return
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:

@@ -1,5 +1,6 @@
-"""Report figures (matplotlib's object API, PNG through Agg): accuracy-vs-strength curves with 95 % bands, the methods × attacks heatmap,
-quality-vs-robustness scatter with error bars.  The image grids are pasted with PIL (``wmbench.grids``)."""
+"""Report figures (matplotlib's object API, PNG through Agg): accuracy-vs-strength curves with 95 % bands, the
+methods × attacks heatmap, quality-vs-robustness scatter with error bars.  The image grids are pasted with PIL
+(``wmbench.grids``)."""
 
 from __future__ import annotations
 

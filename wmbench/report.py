@@ -485,7 +485,7 @@ def _detail_sections(
 
 
 def _curve_jobs(draw: Draw, cells: pd.DataFrame, signs: dict[str, int], out: Path) -> dict[str, list]:
-    """Hand every family's bit-accuracy and TPR curves to ``draw``.  -> {metric: [(family, future path)]}"""
+    """Hand every family's bit-accuracy and TPR curves to ``draw``.  -> {metric: [(family, Drawn)]}"""
     fams = _ordered_families(cells)
     methods = list(dict.fromkeys(cells["method"]))
     return {
